@@ -1,1 +1,31 @@
-//! placeholder
+//! The journal: isnad's append-only, hash-chained, signed event log, and the only crate that opens
+//! the log's storage.
+//!
+//! - [`Journal`]: group-committed durable appends (idempotent by event id), range reads, tail
+//!   subscriptions served from memory with catch-up from disk, persisted consumer cursors.
+//! - Every entry is `SHA-256(tag ‖ seq ‖ prev_hash ‖ canonical event bytes)`, signed with the node's
+//!   Ed25519 key ([`keys`]), and a leaf of an RFC 6962 Merkle tree ([`merkle`]).
+//! - C2SP `tlog-checkpoint` signed notes ([`checkpoint`]) every N entries, every T ms and at
+//!   shutdown; inclusion and consistency proofs.
+//! - Offline verification ([`verify`]) and export ([`export`]) for auditors.
+//!
+//! Storage sits behind [`LogStore`] ([`SledStore`] on disk, [`MemStore`] in memory); both pass the
+//! same conformance suite.
+
+pub mod checkpoint;
+pub mod entry;
+mod error;
+pub mod export;
+mod journal;
+pub mod keys;
+pub mod merkle;
+pub mod store;
+pub mod verify;
+
+pub use checkpoint::Checkpoint;
+pub use entry::Entry;
+pub use error::{Error, Result};
+pub use journal::{store_path, Journal, Options, Receipt, Subscription, Watermark};
+pub use keys::NodeKey;
+pub use merkle::Hash;
+pub use store::{LogStore, MemStore, SledStore};

@@ -1,0 +1,270 @@
+//! Offline auditing: verifying a data directory, exporting the log as self-contained JSONL, and
+//! verifying such an export with nothing but the file (and, ideally, a pinned key).
+//!
+//! Export format `isnad-journal-export/1`, one JSON object per line:
+//!
+//! 1. a header: `{"format", "origin", "public_key", "verifier_key", "entries"}`;
+//! 2. one line per entry, in order: `{"seq", "hash", "sig", "event", "view"}` where `event` is the
+//!    base64 canonical bytes (what is hashed and signed) and `view` the JSON rendering of them;
+//! 3. after the entry that completes a checkpointed size, `{"checkpoint_size", "note"}`.
+//!
+//! Every entry line must be byte-for-byte the line this module renders from its canonical bytes,
+//! so no edit anywhere in a line (including the human-readable `view`) goes unnoticed.
+
+use std::io::{BufRead, Write};
+
+use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
+use ed25519_dalek::VerifyingKey;
+use isnad_schemas::EventJson;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    checkpoint::{verifier_key, Checkpoint},
+    entry::Entry,
+    keys::parse_public_key,
+    store::LogStore,
+    verify::{ChainVerifier, Problem, Summary},
+    Error, Result,
+};
+
+/// Format name in the export header.
+pub const EXPORT_FORMAT: &str = "isnad-journal-export/1";
+
+/// Header line of an export.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportHeader {
+    /// [`EXPORT_FORMAT`].
+    pub format: String,
+    /// Log origin.
+    pub origin: String,
+    /// Base64 Ed25519 public key that signed the entries.
+    pub public_key: String,
+    /// Signed-note verifier key of the checkpoints.
+    pub verifier_key: String,
+    /// Number of entry lines that follow.
+    pub entries: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryLine {
+    seq: u64,
+    hash: String,
+    sig: String,
+    event: String,
+    view: EventJson,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointLine {
+    checkpoint_size: u64,
+    note: String,
+}
+
+/// The JSONL line of an entry (without the newline).
+pub fn render_entry(entry: &Entry) -> String {
+    let line = EntryLine {
+        seq: entry.seq,
+        hash: hex::encode(entry.hash),
+        sig: B64.encode(entry.sig),
+        event: B64.encode(&entry.canonical),
+        view: entry.event.to_json(),
+    };
+    // Serialising plain data to a String cannot fail; fall back to an empty line, which any
+    // verifier rejects, rather than panic.
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// Public key and origin recorded in a store.
+pub fn store_identity(store: &dyn LogStore) -> Result<(VerifyingKey, String)> {
+    let key = store
+        .meta("public_key")?
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+        .ok_or(Error::Corrupt { seq: 0, reason: "no valid public key recorded in the log".into() })?;
+    let origin = store
+        .meta("origin")?
+        .and_then(|o| String::from_utf8(o).ok())
+        .ok_or(Error::Corrupt { seq: 0, reason: "no origin recorded in the log".into() })?;
+    Ok((key, origin))
+}
+
+/// Verifies a whole store: every entry, signature and checkpoint. `pinned` is the key the auditor
+/// expects (from `node.pub`, obtained out of band); without it the key recorded in the log is used.
+pub fn verify_store(
+    store: &dyn LogStore,
+    pinned: Option<&VerifyingKey>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Result<Summary, Problem>> {
+    let (recorded, origin) = store_identity(store)?;
+    if let Some(p) = pinned {
+        if *p != recorded {
+            return Ok(Err(Problem {
+                seq: 0,
+                reason: format!(
+                    "log records public key {} but {} was expected",
+                    B64.encode(recorded.as_bytes()),
+                    B64.encode(p.as_bytes())
+                ),
+            }));
+        }
+    }
+    let total = store.next_seq()?;
+    let mut v = ChainVerifier::new(recorded, Some(origin), store.checkpoints()?);
+    let mut problem = None;
+    store.scan(0, total, &mut |seq, bytes| {
+        if seq % 8192 == 0 {
+            progress(seq, total);
+        }
+        match v.push(seq, bytes) {
+            Ok(()) => true,
+            Err(p) => {
+                problem = Some(p);
+                false
+            }
+        }
+    })?;
+    progress(total, total);
+    Ok(match problem {
+        Some(p) => Err(p),
+        None => v.finish(),
+    })
+}
+
+/// Writes the whole store as an export. Returns the number of entries written.
+pub fn export_store(store: &dyn LogStore, out: &mut dyn Write) -> Result<u64> {
+    let (key, origin) = store_identity(store)?;
+    let total = store.next_seq()?;
+    let header = ExportHeader {
+        format: EXPORT_FORMAT.into(),
+        public_key: B64.encode(key.as_bytes()),
+        verifier_key: verifier_key(&origin, &key),
+        origin,
+        entries: total,
+    };
+    let io = |e: std::io::Error| Error::Io { path: "export".into(), source: e };
+    writeln!(out, "{}", serde_json::to_string(&header).map_err(|e| Error::Invalid(e.to_string()))?).map_err(io)?;
+    let checkpoints: std::collections::BTreeMap<u64, String> = store.checkpoints()?.into_iter().collect();
+    let mut err: Option<Error> = None;
+    store.scan(0, total, &mut |seq, bytes| {
+        let entry = match Entry::from_stored(seq, bytes) {
+            Ok(e) => e,
+            Err(reason) => {
+                err = Some(Error::Corrupt { seq, reason });
+                return false;
+            }
+        };
+        let mut write = || -> std::io::Result<()> {
+            writeln!(out, "{}", render_entry(&entry))?;
+            if let Some(note) = checkpoints.get(&(seq + 1)) {
+                let line = CheckpointLine { checkpoint_size: seq + 1, note: note.clone() };
+                writeln!(out, "{}", serde_json::to_string(&line).unwrap_or_default())?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            err = Some(io(e));
+            return false;
+        }
+        true
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    out.flush().map_err(io)?;
+    Ok(total)
+}
+
+/// Verifies an export read from `input`. `pinned_key` is the key the auditor expects;
+/// `pinned_checkpoint` a signed note obtained independently, which the export must contain.
+pub fn verify_export(
+    input: &mut dyn BufRead,
+    pinned_key: Option<&VerifyingKey>,
+    pinned_checkpoint: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary, Problem> {
+    let at = |seq: u64, reason: String| Problem { seq, reason };
+    let mut lines = input.lines();
+    let header_line = lines
+        .next()
+        .ok_or_else(|| at(0, "empty export".into()))?
+        .map_err(|e| at(0, format!("cannot read header: {e}")))?;
+    let header: ExportHeader =
+        serde_json::from_str(&header_line).map_err(|e| at(0, format!("bad header: {e}")))?;
+    if header.format != EXPORT_FORMAT {
+        return Err(at(0, format!("unknown export format {}", header.format)));
+    }
+    let key = parse_public_key(&header.public_key).map_err(|e| at(0, format!("header: {e}")))?;
+    if let Some(p) = pinned_key {
+        if *p != key {
+            return Err(at(0, format!("export is signed by {} but {} was expected", header.public_key, B64.encode(p.as_bytes()))));
+        }
+    }
+    if header.verifier_key != verifier_key(&header.origin, &key) {
+        return Err(at(0, "header verifier key does not match origin and public key".into()));
+    }
+    let pinned_cp = match pinned_checkpoint {
+        Some(note) => Some(
+            Checkpoint::open(note, &key).map_err(|e| at(0, format!("pinned checkpoint: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut v = ChainVerifier::new(key, Some(header.origin.clone()), Vec::new());
+    if let Some(cp) = &pinned_cp {
+        if let Some(note) = pinned_checkpoint {
+            v.add_checkpoint(cp.size, note.to_owned());
+        }
+    }
+    for line in lines {
+        let expected = v.next_seq();
+        let line = line.map_err(|e| at(expected, format!("cannot read line: {e}")))?;
+        if line.starts_with("{\"checkpoint_size\"") {
+            let cp: CheckpointLine =
+                serde_json::from_str(&line).map_err(|e| at(expected.saturating_sub(1), format!("bad checkpoint line: {e}")))?;
+            if cp.checkpoint_size != expected {
+                let seq = expected.min(cp.checkpoint_size);
+                return Err(at(seq, format!("checkpoint for size {} found after {expected} entries: entries missing or out of place", cp.checkpoint_size)));
+            }
+            let rendered = serde_json::to_string(&cp).unwrap_or_default();
+            if rendered != line {
+                return Err(at(expected.saturating_sub(1), "checkpoint line is not in canonical form".into()));
+            }
+            v.check_checkpoint_now(&cp.note)?;
+            continue;
+        }
+        let parsed: EntryLine = serde_json::from_str(&line).map_err(|e| at(expected, format!("bad entry line: {e}")))?;
+        if parsed.seq != expected {
+            // Let the verifier word it (missing vs out of order), with the right seq.
+            v.push(parsed.seq, &[])?;
+        }
+        let stored = (|| -> Result<Vec<u8>, String> {
+            let hash = hex::decode(&parsed.hash).map_err(|e| format!("hash: {e}"))?;
+            let sig = B64.decode(&parsed.sig).map_err(|e| format!("sig: {e}"))?;
+            let event = B64.decode(&parsed.event).map_err(|e| format!("event: {e}"))?;
+            if hash.len() != 32 || sig.len() != 64 {
+                return Err("hash or signature has the wrong length".into());
+            }
+            let mut stored = hash;
+            stored.extend_from_slice(&sig);
+            stored.extend_from_slice(&event);
+            Ok(stored)
+        })()
+        .map_err(|r| at(expected, r))?;
+        v.push(parsed.seq, &stored)?;
+        let entry = Entry::from_stored(parsed.seq, &stored).map_err(|r| at(expected, r))?;
+        if render_entry(&entry) != line {
+            return Err(at(expected, "entry line differs from its canonical rendering (the view or the encoding was edited)".into()));
+        }
+        if expected % 8192 == 0 {
+            progress(expected, header.entries);
+        }
+    }
+    let summary = v.finish()?;
+    if summary.entries != header.entries {
+        return Err(at(summary.entries.min(header.entries), format!("header announces {} entries, export holds {}", header.entries, summary.entries)));
+    }
+    progress(summary.entries, header.entries);
+    Ok(summary)
+}

@@ -1,0 +1,867 @@
+//! The journal: one sequencer thread, one flusher thread, group commit, an in-memory tail for
+//! subscribers, and the Merkle tree for checkpoints and proofs.
+//!
+//! ```text
+//! append() ──► sequencer: idempotency, seq + time, seal (hash, sign), store.append, tree, ring
+//!                   │  (a batch forms from every command that queued while the last one ran)
+//!                   ▼
+//!              flusher: store.flush() (blocking) ─► durable watermark ─► acknowledge ─► checkpoint
+//! ```
+//!
+//! While the flusher waits on the disk, the sequencer already seals the next batch, so the two
+//! overlap and a batch is whatever arrived during the previous flush.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use ed25519_dalek::VerifyingKey;
+use isnad_schemas::{EventId, NewEvent};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, watch};
+
+use crate::{
+    checkpoint::{verifier_key, Checkpoint},
+    entry::{split_stored, Entry, GENESIS},
+    keys::NodeKey,
+    merkle::{leaf_hash, Hash, MerkleTree},
+    store::{LogStore, SledStore},
+    verify::ChainVerifier,
+    Error, Result,
+};
+
+/// Metadata key of the public key that signs this log.
+const META_PUBLIC_KEY: &str = "public_key";
+/// Metadata key of the log's origin.
+const META_ORIGIN: &str = "origin";
+
+/// Tuning of a journal.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Checkpoint origin; defaults to `isnad.local/<node id>`. Fixed at the log's creation.
+    pub origin: Option<String>,
+    /// A checkpoint after this many new durable entries.
+    pub checkpoint_every: u64,
+    /// A checkpoint after this long with new durable entries.
+    pub checkpoint_interval: Duration,
+    /// Entries kept in memory for subscribers.
+    pub ring_capacity: usize,
+    /// Most events in one group commit.
+    pub max_batch: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            origin: None,
+            checkpoint_every: 1024,
+            checkpoint_interval: Duration::from_millis(1000),
+            ring_capacity: 65_536,
+            max_batch: 8192,
+        }
+    }
+}
+
+/// What an append returns for each event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// Sequence number of the event (the original one for a retried id).
+    pub seq: u64,
+    /// Entry hash.
+    pub hash: Hash,
+    /// True when the id was already in the log and nothing new was written.
+    pub duplicate: bool,
+}
+
+/// How far along the log a reader may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watermark {
+    /// Entries sequenced in memory (may still be lost in a crash).
+    Sequenced,
+    /// Entries on disk.
+    Durable,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
+
+enum Cmd {
+    Append { events: Vec<NewEvent>, durable: bool, reply: Reply },
+    Checkpoint { reply: oneshot::Sender<Result<Option<(Checkpoint, String)>>> },
+    Shutdown { reply: oneshot::Sender<Result<()>> },
+}
+
+enum FlushJob {
+    Flush { upto: u64, waiters: Vec<(Reply, Vec<Receipt>)> },
+    Checkpoint { reply: oneshot::Sender<Result<Option<(Checkpoint, String)>>> },
+    Shutdown { reply: oneshot::Sender<Result<()>> },
+}
+
+struct Ring {
+    base: u64,
+    entries: VecDeque<Arc<Entry>>,
+    capacity: usize,
+}
+
+impl Ring {
+    fn get(&self, seq: u64) -> Option<Arc<Entry>> {
+        let i = seq.checked_sub(self.base)?;
+        self.entries.get(i as usize).cloned()
+    }
+
+    fn push(&mut self, e: Arc<Entry>) {
+        if self.entries.len() == self.capacity {
+            self.entries.pop_front();
+            self.base += 1;
+        }
+        self.entries.push_back(e);
+    }
+}
+
+struct Shared {
+    store: Arc<dyn LogStore>,
+    key: NodeKey,
+    origin: String,
+    opts: Options,
+    sequenced: watch::Sender<u64>,
+    durable: watch::Sender<u64>,
+    ring: RwLock<Ring>,
+    tree: RwLock<MerkleTree>,
+    closed: AtomicBool,
+    latest_checkpoint: Mutex<Option<(Checkpoint, String)>>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Last handle gone without `shutdown()`: close the queue; the threads drain it, checkpoint
+        // and exit. Joining makes the final checkpoint durable before the process moves on.
+        if let Some(tx) = self.tx.lock().take() {
+            let (reply, _rx) = oneshot::channel();
+            let _ = tx.send(Cmd::Shutdown { reply });
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A handle to an open journal. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct Journal {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("origin", &self.handle.shared.origin).finish()
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Path of the sled database inside a data directory.
+pub fn store_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("journal")
+}
+
+impl Journal {
+    /// Opens the journal in `data_dir` (sled under `journal/`, node key beside it).
+    pub fn open_dir(data_dir: &Path, opts: Options) -> Result<Self> {
+        let key = NodeKey::load_or_create(data_dir)?;
+        let store = SledStore::open(&store_path(data_dir))?;
+        Self::open(Arc::new(store), key, opts)
+    }
+
+    /// Opens a journal over `store`, signing with `key`. Refuses a log written by another key and
+    /// verifies the tail since the last checkpoint before accepting any append.
+    pub fn open(store: Arc<dyn LogStore>, key: NodeKey, opts: Options) -> Result<Self> {
+        let public = key.verifying();
+        let next = store.next_seq()?;
+        match store.meta(META_PUBLIC_KEY)? {
+            Some(k) if k.as_slice() != public.as_bytes() => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                return Err(Error::KeyMismatch { expected: b64.encode(&k), found: key.public_base64() });
+            }
+            Some(_) => {}
+            None if next == 0 => store.set_meta(META_PUBLIC_KEY, public.as_bytes())?,
+            None => return Err(Error::Corrupt { seq: 0, reason: "entries exist but no public key is recorded".into() }),
+        }
+        let origin = match store.meta(META_ORIGIN)? {
+            Some(o) => String::from_utf8(o).map_err(|_| Error::Storage("origin is not UTF-8".into()))?,
+            None => {
+                let o = opts.origin.clone().unwrap_or_else(|| format!("isnad.local/{}", key.node_id()));
+                store.set_meta(META_ORIGIN, o.as_bytes())?;
+                o
+            }
+        };
+        store.flush()?;
+
+        let (tree, latest, prev, last_ts) = recover(&*store, &public, next)?;
+        let shared = Arc::new(Shared {
+            store,
+            key,
+            origin,
+            ring: RwLock::new(Ring { base: next, entries: VecDeque::new(), capacity: opts.ring_capacity.max(1) }),
+            opts,
+            sequenced: watch::channel(next).0,
+            durable: watch::channel(next).0,
+            tree: RwLock::new(tree),
+            closed: AtomicBool::new(false),
+            latest_checkpoint: Mutex::new(latest),
+        });
+        let (tx, rx) = mpsc::channel();
+        let (ftx, frx) = mpsc::channel();
+        let seq_state = SeqState { next, prev, last_ts };
+        let s1 = shared.clone();
+        let s2 = shared.clone();
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("journal-sequencer".into())
+                .spawn(move || sequencer(&s1, rx, ftx, seq_state))
+                .map_err(|e| Error::Storage(format!("cannot start sequencer: {e}")))?,
+            std::thread::Builder::new()
+                .name("journal-flusher".into())
+                .spawn(move || flusher(&s2, frx))
+                .map_err(|e| Error::Storage(format!("cannot start flusher: {e}")))?,
+        ];
+        Ok(Self {
+            handle: Arc::new(Handle { shared, tx: Mutex::new(Some(tx)), threads: Mutex::new(threads) }),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<()> {
+        let guard = self.handle.tx.lock();
+        guard.as_ref().ok_or(Error::Closed)?.send(cmd).map_err(|_| Error::Closed)
+    }
+
+    /// Appends events and resolves once they are durable. Events of one call are consecutive.
+    /// An event whose id is already in the log is not written again: its receipt carries the
+    /// original seq and `duplicate: true`.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Receipt>> {
+        self.append_with(events, true).await
+    }
+
+    /// Appends one event durably.
+    pub async fn append_one(&self, event: NewEvent) -> Result<Receipt> {
+        self.append(vec![event]).await?.pop().ok_or(Error::Closed)
+    }
+
+    /// Appends events and resolves once they are sequenced (visible to subscribers), before they
+    /// are durable. Pair with [`Journal::wait_durable`] before acknowledging anything outside.
+    pub async fn append_sequenced(&self, events: Vec<NewEvent>) -> Result<Vec<Receipt>> {
+        self.append_with(events, false).await
+    }
+
+    async fn append_with(&self, events: Vec<NewEvent>, durable: bool) -> Result<Vec<Receipt>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Append { events, durable, reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Blocking append, for threads outside an async runtime.
+    pub fn append_blocking(&self, events: Vec<NewEvent>) -> Result<Vec<Receipt>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Append { events, durable: true, reply })?;
+        rx.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Resolves once entry `seq` is durable.
+    pub async fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mut rx = self.shared().durable.subscribe();
+        loop {
+            if *rx.borrow_and_update() > seq {
+                return Ok(());
+            }
+            if self.shared().closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            rx.changed().await.map_err(|_| Error::Closed)?;
+        }
+    }
+
+    /// Number of sequenced entries.
+    pub fn len(&self) -> u64 {
+        *self.shared().sequenced.borrow()
+    }
+
+    /// True when the log has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of durable entries.
+    pub fn durable_len(&self) -> u64 {
+        *self.shared().durable.borrow()
+    }
+
+    /// The entry at `seq`, from memory when recent, else from disk.
+    pub fn entry(&self, seq: u64) -> Result<Option<Arc<Entry>>> {
+        if seq >= self.len() {
+            return Ok(None);
+        }
+        if let Some(e) = self.shared().ring.read().get(seq) {
+            return Ok(Some(e));
+        }
+        match self.shared().store.get(seq)? {
+            Some(bytes) => Ok(Some(Arc::new(decode(seq, &bytes)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries in `[from, to)` (clamped to the sequenced length), in order.
+    pub fn range(&self, from: u64, to: u64) -> Result<Vec<Arc<Entry>>> {
+        let mut out = Vec::new();
+        self.scan(from, to, &mut |e| {
+            out.push(e);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` for each entry in `[from, to)` until it returns false.
+    pub fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(Arc<Entry>) -> bool) -> Result<()> {
+        let to = to.min(self.len());
+        let mut err = None;
+        let mut expected = from;
+        self.shared().store.scan(from, to, &mut |seq, bytes| {
+            if seq != expected {
+                err = Some(Error::Corrupt { seq: expected, reason: "entry missing".into() });
+                return false;
+            }
+            expected += 1;
+            match decode(seq, bytes) {
+                Ok(e) => f(Arc::new(e)),
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// A subscription that yields every entry from `from` on, in order, as it reaches `watermark`.
+    pub fn subscribe(&self, from: u64, watermark: Watermark) -> Subscription {
+        let rx = match watermark {
+            Watermark::Sequenced => self.shared().sequenced.subscribe(),
+            Watermark::Durable => self.shared().durable.subscribe(),
+        };
+        Subscription { journal: self.clone(), next: from, rx, buf: VecDeque::new() }
+    }
+
+    /// The persisted cursor of consumer `name`: the next seq it has to process.
+    pub fn cursor(&self, name: &str) -> Result<u64> {
+        Ok(self.shared().store.cursor(name)?.unwrap_or(0))
+    }
+
+    /// Persists consumer `name`'s cursor (durable with the next flush: consumers must tolerate
+    /// seeing an event again after a crash).
+    pub fn set_cursor(&self, name: &str, next: u64) -> Result<()> {
+        self.shared().store.set_cursor(name, next)
+    }
+
+    /// The log's origin (checkpoint first line and key name).
+    pub fn origin(&self) -> &str {
+        &self.shared().origin
+    }
+
+    /// The node's public key.
+    pub fn public_key(&self) -> VerifyingKey {
+        self.shared().key.verifying()
+    }
+
+    /// The node id.
+    pub fn node_id(&self) -> String {
+        self.shared().key.node_id()
+    }
+
+    /// Signed-note verifier key for this log's checkpoints.
+    pub fn verifier_key(&self) -> String {
+        verifier_key(&self.shared().origin, &self.public_key())
+    }
+
+    /// The latest checkpoint and its signed note.
+    pub fn latest_checkpoint(&self) -> Option<(Checkpoint, String)> {
+        self.shared().latest_checkpoint.lock().clone()
+    }
+
+    /// All stored checkpoints, by size.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
+        self.shared().store.checkpoints()
+    }
+
+    /// Forces a checkpoint of everything durable now (after flushing what is queued).
+    pub async fn checkpoint_now(&self) -> Result<Option<(Checkpoint, String)>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Checkpoint { reply })?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Root of the tree of the first `size` durable entries.
+    pub fn root(&self, size: u64) -> Result<Hash> {
+        self.check_durable(size)?;
+        self.shared().tree.read().root(size).ok_or(Error::Invalid("size beyond log".into()))
+    }
+
+    /// Inclusion proof of entry `index` in the tree of `size` durable entries.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        self.check_durable(size)?;
+        Ok(self.shared().tree.read().inclusion_proof(index, size)?)
+    }
+
+    /// Consistency proof between trees of `old` and `new` durable entries.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        self.check_durable(new)?;
+        Ok(self.shared().tree.read().consistency_proof(old, new)?)
+    }
+
+    fn check_durable(&self, size: u64) -> Result<()> {
+        let durable = self.durable_len();
+        if size > durable {
+            return Err(Error::Invalid(format!("tree size {size} is beyond the {durable} durable entries")));
+        }
+        Ok(())
+    }
+
+    /// Flushes, writes a final checkpoint and stops the writer. Later appends fail with `Closed`.
+    pub async fn shutdown(&self) -> Result<()> {
+        let tx = self.handle.tx.lock().take();
+        let Some(tx) = tx else { return Ok(()) };
+        let (reply, rx) = oneshot::channel();
+        tx.send(Cmd::Shutdown { reply }).map_err(|_| Error::Closed)?;
+        let result = rx.await.map_err(|_| Error::Closed)?;
+        let threads: Vec<_> = self.handle.threads.lock().drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+fn decode(seq: u64, bytes: &[u8]) -> Result<Entry> {
+    Entry::from_stored(seq, bytes).map_err(|reason| Error::Corrupt { seq, reason })
+}
+
+/// Rebuilds the Merkle tree from stored hashes, checks the latest checkpoint against it, and fully
+/// verifies the tail written since that checkpoint.
+#[allow(clippy::type_complexity)]
+fn recover(
+    store: &dyn LogStore,
+    key: &VerifyingKey,
+    next: u64,
+) -> Result<(MerkleTree, Option<(Checkpoint, String)>, Hash, i64)> {
+    let mut tree = MerkleTree::new();
+    let mut err = None;
+    store.scan(0, next, &mut |seq, bytes| {
+        if seq != tree.size() {
+            err = Some(Error::Corrupt { seq: tree.size(), reason: format!("entry missing (next entry found is seq {seq})") });
+            return false;
+        }
+        match split_stored(bytes) {
+            Ok((hash, _, _)) => {
+                tree.push_leaf_hash(leaf_hash(&hash));
+                true
+            }
+            Err(reason) => {
+                err = Some(Error::Corrupt { seq, reason });
+                false
+            }
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if tree.size() != next {
+        return Err(Error::Corrupt { seq: tree.size(), reason: "entry missing".into() });
+    }
+
+    let checkpoints = store.checkpoints()?;
+    let latest = match checkpoints.last() {
+        None => None,
+        Some((size, note)) => {
+            let bad = |reason: String| Error::Corrupt { seq: size.saturating_sub(1), reason };
+            if *size > next {
+                return Err(Error::Corrupt {
+                    seq: next,
+                    reason: format!("log ends at {next} entries but a checkpoint was signed at size {size}"),
+                });
+            }
+            let cp = Checkpoint::open(note, key).map_err(|e| bad(format!("checkpoint at size {size}: {e}")))?;
+            if cp.size != *size || Some(cp.root) != tree.root(*size) {
+                return Err(bad(format!("checkpoint at size {size} does not match the entries")));
+            }
+            Some((cp, note.clone()))
+        }
+    };
+
+    let start = latest.as_ref().map_or(0, |(cp, _)| cp.size);
+    let (prev, last_ts) = if start == 0 {
+        (GENESIS, i64::MIN)
+    } else {
+        let bytes = store.get(start - 1)?.ok_or(Error::Corrupt { seq: start - 1, reason: "entry missing".into() })?;
+        let e = decode(start - 1, &bytes)?;
+        (e.hash, e.event.timestamp_us)
+    };
+    let mut verifier = ChainVerifier::resume(*key, start, prev, last_ts);
+    let mut problem = None;
+    store.scan(start, next, &mut |seq, bytes| match verifier.push(seq, bytes) {
+        Ok(()) => true,
+        Err(p) => {
+            problem = Some(p);
+            false
+        }
+    })?;
+    let summary = match problem {
+        Some(p) => Err(p),
+        None => verifier.finish(),
+    }
+    .map_err(|p| Error::Corrupt { seq: p.seq, reason: p.reason })?;
+    let last_ts = if next > start {
+        let bytes = store.get(next - 1)?.ok_or(Error::Corrupt { seq: next - 1, reason: "entry missing".into() })?;
+        decode(next - 1, &bytes)?.event.timestamp_us
+    } else {
+        last_ts
+    };
+    Ok((tree, latest, summary.last_hash, last_ts))
+}
+
+struct SeqState {
+    next: u64,
+    prev: Hash,
+    last_ts: i64,
+}
+
+fn sequencer(shared: &Shared, rx: mpsc::Receiver<Cmd>, ftx: mpsc::Sender<FlushJob>, mut st: SeqState) {
+    let mut fatal: Option<String> = None;
+    let mut flushed_upto = st.next;
+    while let Ok(first) = rx.recv() {
+        let mut cmds = vec![first];
+        let mut count = 0usize;
+        while count < shared.opts.max_batch {
+            match rx.try_recv() {
+                Ok(c) => {
+                    if let Cmd::Append { events, .. } = &c {
+                        count += events.len();
+                    }
+                    cmds.push(c);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut waiters = Vec::new();
+        let mut control = Vec::new();
+        let mut appends = Vec::new();
+        for c in cmds {
+            match c {
+                Cmd::Append { events, durable, reply } => appends.push((events, durable, reply)),
+                Cmd::Checkpoint { reply } => control.push(FlushJob::Checkpoint { reply }),
+                Cmd::Shutdown { reply } => control.push(FlushJob::Shutdown { reply }),
+            }
+        }
+        if let Some(why) = &fatal {
+            for (_, _, reply) in appends {
+                let _ = reply.send(Err(Error::Storage(why.clone())));
+            }
+        } else if !appends.is_empty() {
+            match seal_batch(shared, &mut st, appends) {
+                Ok(ready) => {
+                    for (reply, receipts, durable) in ready {
+                        if durable {
+                            waiters.push((reply, receipts));
+                        } else {
+                            let _ = reply.send(Ok(receipts));
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::error!(error = %why, "journal write failed; no further appends are accepted");
+                    fatal = Some(why);
+                }
+            }
+        }
+        // Flush whenever something was written, waiters or not: sequenced-only appends must
+        // still become durable promptly.
+        if !waiters.is_empty() || st.next > flushed_upto {
+            flushed_upto = st.next;
+            let _ = ftx.send(FlushJob::Flush { upto: st.next, waiters });
+        }
+        let stop = control.iter().any(|c| matches!(c, FlushJob::Shutdown { .. }));
+        for c in control {
+            let _ = ftx.send(c);
+        }
+        if stop {
+            break;
+        }
+    }
+    shared.closed.store(true, Ordering::Release);
+    shared.sequenced.send_modify(|_| {});
+}
+
+type Ready = Vec<(Reply, Vec<Receipt>, bool)>;
+
+/// Seals and writes one group commit. Returns the replies to send, or a fatal storage error after
+/// answering every caller in the batch with it.
+fn seal_batch(
+    shared: &Shared,
+    st: &mut SeqState,
+    appends: Vec<(Vec<NewEvent>, bool, Reply)>,
+) -> Result<Ready, String> {
+    let saved = SeqState { next: st.next, prev: st.prev, last_ts: st.last_ts };
+    let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut ids: Vec<(EventId, u64)> = Vec::new();
+    let mut sealed: Vec<Arc<Entry>> = Vec::new();
+    let mut in_batch: HashMap<EventId, (u64, Hash)> = HashMap::new();
+    let mut ready: Ready = Vec::new();
+
+    for (events, durable, reply) in appends {
+        // Seal one caller's events tentatively: they go in all together or not at all.
+        let mut tmp = SeqState { next: st.next, prev: st.prev, last_ts: st.last_ts };
+        let mut mine = Vec::new();
+        let mut receipts = Vec::with_capacity(events.len());
+        let mut failure = None;
+        let mut mine_ids: HashMap<EventId, (u64, Hash)> = HashMap::new();
+        for ev in events {
+            if let Some(&(seq, hash)) = in_batch.get(&ev.id).or_else(|| mine_ids.get(&ev.id)) {
+                receipts.push(Receipt { seq, hash, duplicate: true });
+                continue;
+            }
+            match existing(&*shared.store, &ev.id) {
+                Ok(Some((seq, hash))) => {
+                    receipts.push(Receipt { seq, hash, duplicate: true });
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            let ts = now_us().max(tmp.last_ts);
+            let id = ev.id;
+            match Entry::seal(ev.sequence(tmp.next, ts), &tmp.prev, shared.key.signing()) {
+                Ok(entry) => {
+                    receipts.push(Receipt { seq: entry.seq, hash: entry.hash, duplicate: false });
+                    mine_ids.insert(id, (entry.seq, entry.hash));
+                    tmp = SeqState { next: tmp.next + 1, prev: entry.hash, last_ts: ts };
+                    mine.push((id, Arc::new(entry)));
+                }
+                Err(e) => {
+                    failure = Some(Error::from(e));
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            let _ = reply.send(Err(e));
+            continue;
+        }
+        for (id, entry) in mine {
+            rows.push((entry.seq, entry.to_stored()));
+            ids.push((id, entry.seq));
+            in_batch.insert(id, (entry.seq, entry.hash));
+            sealed.push(entry);
+        }
+        *st = tmp;
+        ready.push((reply, receipts, durable));
+    }
+
+    if !rows.is_empty() {
+        if let Err(e) = shared.store.append(&rows, &ids) {
+            let why = e.to_string();
+            for (reply, _, _) in ready {
+                let _ = reply.send(Err(Error::Storage(why.clone())));
+            }
+            *st = saved;
+            return Err(why);
+        }
+        {
+            let mut tree = shared.tree.write();
+            for e in &sealed {
+                tree.push_leaf_hash(e.leaf());
+            }
+        }
+        {
+            let mut ring = shared.ring.write();
+            for e in sealed {
+                ring.push(e);
+            }
+        }
+        shared.sequenced.send_replace(st.next);
+    }
+    Ok(ready)
+}
+
+fn existing(store: &dyn LogStore, id: &EventId) -> Result<Option<(u64, Hash)>> {
+    let Some(seq) = store.seq_of(id)? else { return Ok(None) };
+    let bytes = store.get(seq)?.ok_or(Error::Corrupt { seq, reason: "indexed id without entry".into() })?;
+    let (hash, _, _) = split_stored(&bytes).map_err(|reason| Error::Corrupt { seq, reason })?;
+    Ok(Some((seq, hash)))
+}
+
+fn flusher(shared: &Shared, frx: mpsc::Receiver<FlushJob>) {
+    let mut last_cp_size = shared.latest_checkpoint.lock().as_ref().map_or(0, |(cp, _)| cp.size);
+    let mut last_cp_at = Instant::now();
+    let mut fatal: Option<String> = None;
+    loop {
+        let first = match frx.recv_timeout(shared.opts.checkpoint_interval) {
+            Ok(j) => Some(j),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut jobs: Vec<FlushJob> = first.into_iter().collect();
+        while let Ok(j) = frx.try_recv() {
+            jobs.push(j);
+        }
+        let upto = jobs
+            .iter()
+            .filter_map(|j| match j {
+                FlushJob::Flush { upto, .. } => Some(*upto),
+                _ => None,
+            })
+            .max();
+        let forced = jobs.iter().any(|j| !matches!(j, FlushJob::Flush { .. }));
+        if let (Some(upto), None) = (upto, &fatal) {
+            match shared.store.flush() {
+                Ok(()) => {
+                    shared.durable.send_replace(upto);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "journal flush failed; no further appends are acknowledged");
+                    fatal = Some(e.to_string());
+                }
+            }
+        }
+        let durable = *shared.durable.borrow();
+        let due = durable > last_cp_size
+            && (forced
+                || durable - last_cp_size >= shared.opts.checkpoint_every
+                || last_cp_at.elapsed() >= shared.opts.checkpoint_interval);
+        let mut cp_result: Result<Option<(Checkpoint, String)>> = Ok(shared.latest_checkpoint.lock().clone());
+        if due && fatal.is_none() {
+            cp_result = write_checkpoint(shared, durable, upto.is_none() || forced);
+            match &cp_result {
+                Ok(_) => {
+                    last_cp_size = durable;
+                    last_cp_at = Instant::now();
+                }
+                Err(e) => tracing::error!(error = %e, "checkpoint failed"),
+            }
+        }
+        let mut stop = false;
+        for job in jobs {
+            match job {
+                FlushJob::Flush { waiters, .. } => {
+                    for (reply, receipts) in waiters {
+                        let _ = reply.send(match &fatal {
+                            None => Ok(receipts),
+                            Some(why) => Err(Error::Storage(why.clone())),
+                        });
+                    }
+                }
+                FlushJob::Checkpoint { reply } => {
+                    let _ = reply.send(clone_result(&cp_result));
+                }
+                FlushJob::Shutdown { reply } => {
+                    stop = true;
+                    let _ = reply.send(clone_result(&cp_result).map(|_| ()));
+                }
+            }
+        }
+        if stop {
+            break;
+        }
+    }
+    // A checkpoint written on the busy path waits for the next flush; make it durable now.
+    if let Err(e) = shared.store.flush() {
+        tracing::error!(error = %e, "final journal flush failed");
+    }
+    shared.closed.store(true, Ordering::Release);
+    shared.durable.send_modify(|_| {});
+}
+
+fn clone_result(r: &Result<Option<(Checkpoint, String)>>) -> Result<Option<(Checkpoint, String)>> {
+    match r {
+        Ok(v) => Ok(v.clone()),
+        Err(e) => Err(Error::Storage(e.to_string())),
+    }
+}
+
+fn write_checkpoint(shared: &Shared, size: u64, flush: bool) -> Result<Option<(Checkpoint, String)>> {
+    let root = shared.tree.read().root(size).ok_or(Error::Invalid("checkpoint beyond tree".into()))?;
+    let cp = Checkpoint { origin: shared.origin.clone(), size, root };
+    let note = cp.sign(shared.key.signing());
+    shared.store.put_checkpoint(size, &note)?;
+    // On the busy path the note rides along with the next batch's flush; when idle (timer,
+    // explicit request, shutdown) it is flushed now.
+    if flush {
+        shared.store.flush()?;
+    }
+    let latest = Some((cp, note));
+    *shared.latest_checkpoint.lock() = latest.clone();
+    Ok(latest)
+}
+
+/// An ordered stream of entries from a starting seq, served from memory while the consumer keeps
+/// up and from disk when it lags behind the in-memory tail.
+pub struct Subscription {
+    journal: Journal,
+    next: u64,
+    rx: watch::Receiver<u64>,
+    buf: VecDeque<Arc<Entry>>,
+}
+
+impl Subscription {
+    /// The seq the next call to [`Subscription::next`] will return.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// The next entry; waits for it to be appended. Fails with `Closed` after shutdown.
+    pub async fn next(&mut self) -> Result<Arc<Entry>> {
+        loop {
+            if let Some(e) = self.buf.pop_front() {
+                self.next = e.seq + 1;
+                return Ok(e);
+            }
+            let limit = *self.rx.borrow_and_update();
+            if self.next < limit {
+                if let Some(e) = self.journal.shared().ring.read().get(self.next) {
+                    self.next += 1;
+                    return Ok(e);
+                }
+                let to = limit.min(self.next + 1024);
+                self.buf = self.journal.range(self.next, to)?.into();
+                if self.buf.is_empty() {
+                    return Err(Error::Corrupt { seq: self.next, reason: "entry missing".into() });
+                }
+                continue;
+            }
+            if self.journal.shared().closed.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            self.rx.changed().await.map_err(|_| Error::Closed)?;
+        }
+    }
+}

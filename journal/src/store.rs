@@ -1,0 +1,313 @@
+//! Where entries live: the [`LogStore`] trait, its sled implementation and an in-memory one.
+//!
+//! Invariants every implementation keeps (and the conformance suite checks):
+//! - entry keys are consecutive sequence numbers from 0, no holes, written only by
+//!   [`LogStore::append`], whose entries and id-index rows become visible together or not at all;
+//! - after [`LogStore::flush`] returns, everything appended before it survives a crash;
+//! - after a crash the entries present are a prefix of those appended.
+
+use std::{collections::BTreeMap, path::Path};
+
+use isnad_schemas::EventId;
+use parking_lot::Mutex;
+
+use crate::{Error, Result};
+
+const ENTRY: u8 = b'e';
+const ID: u8 = b'i';
+const CHECKPOINT: u8 = b'k';
+const META: u8 = b'm';
+const CURSOR: u8 = b'c';
+
+/// Storage beneath the journal. The journal alone decides what to write; stores only keep it.
+pub trait LogStore: Send + Sync + 'static {
+    /// Atomically writes entries (stored form, consecutive seqs) and their id-index rows.
+    fn append(&self, entries: &[(u64, Vec<u8>)], ids: &[(EventId, u64)]) -> Result<()>;
+    /// Blocks until everything written so far is durable.
+    fn flush(&self) -> Result<()>;
+    /// The stored entry at `seq`.
+    fn get(&self, seq: u64) -> Result<Option<Vec<u8>>>;
+    /// Calls `f` for entries in `[from, to)` in order until it returns `false`.
+    fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()>;
+    /// One past the highest stored seq (0 when empty).
+    fn next_seq(&self) -> Result<u64>;
+    /// Sequence number recorded for an event id.
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>>;
+    /// Stores a signed checkpoint note for `size`.
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<()>;
+    /// All checkpoints, by size.
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>>;
+    /// A metadata value.
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Sets a metadata value.
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// A consumer cursor: the last seq the consumer finished.
+    fn cursor(&self, name: &str) -> Result<Option<u64>>;
+    /// Sets a consumer cursor.
+    fn set_cursor(&self, name: &str, seq: u64) -> Result<()>;
+}
+
+fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(prefix);
+    k.extend_from_slice(rest);
+    k
+}
+
+fn seq_key(seq: u64) -> Vec<u8> {
+    key(ENTRY, &seq.to_be_bytes())
+}
+
+fn be_u64(bytes: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::Storage(format!("expected 8 bytes, found {}", bytes.len())))
+}
+
+/// The journal on sled 0.34: one tree, one key space with a one-byte prefix per kind of row, so
+/// that an entry and its id-index row are written by one atomic batch.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl SledStore {
+    /// Opens (or creates) the sled database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(256 * 1024 * 1024)
+            // sled's own background flush is not our durability: `flush()` is.
+            .flush_every_ms(None)
+            .open()?;
+        Ok(Self { db })
+    }
+
+    /// The raw sled database, for tests that tamper with the log as an attacker with disk access.
+    pub fn raw(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Raw key of an entry row.
+    pub fn entry_key(seq: u64) -> Vec<u8> {
+        seq_key(seq)
+    }
+}
+
+impl LogStore for SledStore {
+    fn append(&self, entries: &[(u64, Vec<u8>)], ids: &[(EventId, u64)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (seq, bytes) in entries {
+            batch.insert(seq_key(*seq), bytes.as_slice());
+        }
+        for (id, seq) in ids {
+            batch.insert(key(ID, &id.0), &seq.to_be_bytes());
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn get(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(seq_key(seq))?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        for row in self.db.range(seq_key(from)..seq_key(to)) {
+            let (k, v) = row?;
+            if !f(be_u64(&k[1..])?, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_seq(&self) -> Result<u64> {
+        match self.db.range(vec![ENTRY]..vec![ENTRY + 1]).next_back() {
+            Some(row) => Ok(be_u64(&row?.0[1..])? + 1),
+            None => Ok(0),
+        }
+    }
+
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>> {
+        self.db.get(key(ID, &id.0))?.map(|v| be_u64(&v)).transpose()
+    }
+
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
+        self.db.insert(key(CHECKPOINT, &size.to_be_bytes()), note.as_bytes())?;
+        Ok(())
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
+        let mut out = Vec::new();
+        for row in self.db.scan_prefix([CHECKPOINT]) {
+            let (k, v) = row?;
+            let note = String::from_utf8(v.to_vec())
+                .map_err(|_| Error::Storage("checkpoint note is not UTF-8".into()))?;
+            out.push((be_u64(&k[1..])?, note));
+        }
+        Ok(out)
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(key(META, name.as_bytes()))?.map(|v| v.to_vec()))
+    }
+
+    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.db.insert(key(META, name.as_bytes()), value)?;
+        Ok(())
+    }
+
+    fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        self.db.get(key(CURSOR, name.as_bytes()))?.map(|v| be_u64(&v)).transpose()
+    }
+
+    fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        self.db.insert(key(CURSOR, name.as_bytes()), &seq.to_be_bytes())?;
+        Ok(())
+    }
+}
+
+/// An in-memory store: the same contract without a disk, for tests and ephemeral nodes.
+#[derive(Default)]
+pub struct MemStore {
+    rows: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl LogStore for MemStore {
+    fn append(&self, entries: &[(u64, Vec<u8>)], ids: &[(EventId, u64)]) -> Result<()> {
+        let mut rows = self.rows.lock();
+        for (seq, bytes) in entries {
+            rows.insert(seq_key(*seq), bytes.clone());
+        }
+        for (id, seq) in ids {
+            rows.insert(key(ID, &id.0), seq.to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn get(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.rows.lock().get(&seq_key(seq)).cloned())
+    }
+
+    fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        // Copy out under the lock so that `f` may call back into the store.
+        let rows: Vec<(u64, Vec<u8>)> = {
+            let guard = self.rows.lock();
+            guard
+                .range(seq_key(from)..seq_key(to))
+                .map(|(k, v)| Ok((be_u64(&k[1..])?, v.clone())))
+                .collect::<Result<_>>()?
+        };
+        for (seq, v) in rows {
+            if !f(seq, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_seq(&self) -> Result<u64> {
+        match self.rows.lock().range(vec![ENTRY]..vec![ENTRY + 1]).next_back() {
+            Some((k, _)) => Ok(be_u64(&k[1..])? + 1),
+            None => Ok(0),
+        }
+    }
+
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>> {
+        self.rows.lock().get(&key(ID, &id.0)).map(|v| be_u64(v)).transpose()
+    }
+
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
+        self.rows.lock().insert(key(CHECKPOINT, &size.to_be_bytes()), note.as_bytes().to_vec());
+        Ok(())
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
+        let rows = self.rows.lock();
+        rows.range(vec![CHECKPOINT]..vec![CHECKPOINT + 1])
+            .map(|(k, v)| {
+                let note = String::from_utf8(v.clone())
+                    .map_err(|_| Error::Storage("checkpoint note is not UTF-8".into()))?;
+                Ok((be_u64(&k[1..])?, note))
+            })
+            .collect()
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.rows.lock().get(&key(META, name.as_bytes())).cloned())
+    }
+
+    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.rows.lock().insert(key(META, name.as_bytes()), value.to_vec());
+        Ok(())
+    }
+
+    fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        self.rows.lock().get(&key(CURSOR, name.as_bytes())).map(|v| be_u64(v)).transpose()
+    }
+
+    fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        self.rows.lock().insert(key(CURSOR, name.as_bytes()), seq.to_be_bytes().to_vec());
+        Ok(())
+    }
+}
+
+impl<S: LogStore + ?Sized> LogStore for std::sync::Arc<S> {
+    fn append(&self, entries: &[(u64, Vec<u8>)], ids: &[(EventId, u64)]) -> Result<()> {
+        (**self).append(entries, ids)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
+    }
+    fn get(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        (**self).get(seq)
+    }
+    fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()> {
+        (**self).scan(from, to, f)
+    }
+    fn next_seq(&self) -> Result<u64> {
+        (**self).next_seq()
+    }
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>> {
+        (**self).seq_of(id)
+    }
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
+        (**self).put_checkpoint(size, note)
+    }
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
+        (**self).checkpoints()
+    }
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        (**self).meta(name)
+    }
+    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        (**self).set_meta(name, value)
+    }
+    fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        (**self).cursor(name)
+    }
+    fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        (**self).set_cursor(name, seq)
+    }
+}

@@ -1,0 +1,266 @@
+//! The journal's conformance suite: every behaviour a stage, the API or an auditor relies on, run
+//! against each storage backend (sled on disk, and memory).
+
+use std::{sync::Arc, time::Duration};
+
+use isnad_journal::{
+    checkpoint::Checkpoint, export::verify_store, merkle, Journal, LogStore, MemStore, NodeKey,
+    Options, SledStore, Watermark,
+};
+use isnad_schemas::{EventId, KeyRevoked, NewEvent};
+
+trait Backend {
+    /// The backend's storage; calling it again after the previous journal closed reopens it.
+    fn store(&self) -> Arc<dyn LogStore>;
+}
+
+struct Sled(tempfile::TempDir);
+impl Backend for Sled {
+    fn store(&self) -> Arc<dyn LogStore> {
+        Arc::new(SledStore::open(&self.0.path().join("journal")).unwrap())
+    }
+}
+
+struct Mem(Arc<MemStore>);
+impl Backend for Mem {
+    fn store(&self) -> Arc<dyn LogStore> {
+        self.0.clone()
+    }
+}
+
+fn key() -> NodeKey {
+    NodeKey::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[42; 32]))
+}
+
+fn opts() -> Options {
+    Options { checkpoint_every: 10, checkpoint_interval: Duration::from_secs(3600), ..Options::default() }
+}
+
+fn open(b: &dyn Backend, o: Options) -> Journal {
+    Journal::open(b.store(), key(), o).unwrap()
+}
+
+fn ev(n: u32) -> NewEvent {
+    NewEvent::new(&KeyRevoked { key_id: format!("k{n}"), reason: "test".into() })
+        .unwrap()
+        .team("t1")
+        .request_id(format!("req-{n}"))
+}
+
+async fn appends_are_consecutive_and_read_back(b: &dyn Backend) {
+    let j = open(b, opts());
+    let mut seqs = Vec::new();
+    for n in 0..25 {
+        let r = j.append_one(ev(n)).await.unwrap();
+        assert!(!r.duplicate);
+        seqs.push(r.seq);
+    }
+    assert_eq!(seqs, (0..25).collect::<Vec<_>>());
+    let batch = j.append((25..30).map(ev).collect()).await.unwrap();
+    assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![25, 26, 27, 28, 29]);
+    assert_eq!(j.len(), 30);
+    assert_eq!(j.durable_len(), 30);
+    let all = j.range(0, 100).unwrap();
+    assert_eq!(all.len(), 30);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.seq, i as u64);
+        assert_eq!(e.event.request_id.as_deref(), Some(format!("req-{i}").as_str()));
+        let p: KeyRevoked = e.event.payload_as().unwrap();
+        assert_eq!(p.key_id, format!("k{i}"));
+    }
+    assert!(all.windows(2).all(|w| w[0].event.timestamp_us <= w[1].event.timestamp_us));
+    assert_eq!(j.entry(7).unwrap().unwrap().seq, 7);
+    assert!(j.entry(30).unwrap().is_none());
+    j.shutdown().await.unwrap();
+}
+
+async fn retried_ids_return_the_original_seq(b: &dyn Backend) {
+    let j = open(b, opts());
+    let first = ev(1);
+    let r1 = j.append_one(first.clone()).await.unwrap();
+    j.append_one(ev(2)).await.unwrap();
+    let r2 = j.append_one(first.clone()).await.unwrap();
+    assert_eq!((r2.seq, r2.hash, r2.duplicate), (r1.seq, r1.hash, true));
+    // Twice in one call: one entry.
+    let same = ev(3);
+    let rs = j.append(vec![same.clone(), same.clone()]).await.unwrap();
+    assert_eq!(rs[0].seq, rs[1].seq);
+    assert!(rs[1].duplicate);
+    assert_eq!(j.len(), 3);
+    j.shutdown().await.unwrap();
+    drop(j);
+    // And across a restart.
+    let j = open(b, opts());
+    let r3 = j.append_one(first).await.unwrap();
+    assert_eq!((r3.seq, r3.duplicate), (r1.seq, true));
+    assert_eq!(j.len(), 3);
+    j.shutdown().await.unwrap();
+}
+
+async fn concurrent_writers_get_unique_consecutive_seqs(b: &dyn Backend) {
+    let j = open(b, opts());
+    let mut tasks = Vec::new();
+    for w in 0..32u32 {
+        let j = j.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..20u32 {
+                out.push(j.append_one(ev(w * 1000 + i)).await.unwrap().seq);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a writer's own appends keep their order");
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..640).collect::<Vec<_>>());
+    j.shutdown().await.unwrap();
+}
+
+async fn subscription_catches_up_from_disk_then_follows(b: &dyn Backend) {
+    let j = open(b, Options { ring_capacity: 8, ..opts() });
+    j.append((0..50).map(ev).collect()).await.unwrap();
+    let mut sub = j.subscribe(3, Watermark::Durable);
+    for want in 3..50 {
+        assert_eq!(sub.next().await.unwrap().seq, want);
+    }
+    let writer = {
+        let j = j.clone();
+        tokio::spawn(async move {
+            for n in 50..60 {
+                j.append_one(ev(n)).await.unwrap();
+            }
+        })
+    };
+    for want in 50..60 {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
+        assert_eq!(e.seq, want);
+    }
+    writer.await.unwrap();
+    // Sequenced watermark sees appends before they are durable too.
+    let mut seq_sub = j.subscribe(60, Watermark::Sequenced);
+    let r = j.append_sequenced(vec![ev(60)]).await.unwrap();
+    assert_eq!(seq_sub.next().await.unwrap().seq, r[0].seq);
+    j.wait_durable(r[0].seq).await.unwrap();
+    j.shutdown().await.unwrap();
+    assert_eq!(sub.next().await.unwrap().seq, 60, "what is durable is still delivered");
+    assert!(sub.next().await.is_err(), "a closed journal ends its subscriptions");
+}
+
+async fn cursors_persist(b: &dyn Backend) {
+    let j = open(b, opts());
+    assert_eq!(j.cursor("webhooks").unwrap(), 0);
+    j.append((0..5).map(ev).collect()).await.unwrap();
+    j.set_cursor("webhooks", 4).unwrap();
+    j.shutdown().await.unwrap();
+    drop(j);
+    let j = open(b, opts());
+    assert_eq!(j.cursor("webhooks").unwrap(), 4);
+    assert_eq!(j.cursor("other").unwrap(), 0);
+    j.shutdown().await.unwrap();
+}
+
+async fn checkpoints_and_proofs(b: &dyn Backend) {
+    let j = open(b, opts());
+    j.append((0..25).map(ev).collect()).await.unwrap();
+    for n in 25..37 {
+        j.append_one(ev(n)).await.unwrap();
+    }
+    // Every 10 entries at least, and one at shutdown covering all.
+    j.shutdown().await.unwrap();
+    drop(j);
+    let j = open(b, opts());
+    let cps = j.checkpoints().unwrap();
+    assert!(cps.len() >= 2, "checkpoints: {:?}", cps.iter().map(|c| c.0).collect::<Vec<_>>());
+    assert_eq!(cps.last().unwrap().0, 37, "shutdown checkpoints everything");
+    let (latest, note) = j.latest_checkpoint().unwrap();
+    assert_eq!(latest.size, 37);
+    let cp = Checkpoint::open(&note, &j.public_key()).unwrap();
+    assert_eq!(cp.root, j.root(37).unwrap());
+    for i in 0..37 {
+        let e = j.entry(i).unwrap().unwrap();
+        let proof = j.inclusion_proof(i, 37).unwrap();
+        merkle::verify_inclusion(i, 37, &e.leaf(), &proof, &cp.root).unwrap();
+    }
+    for (size, note) in &cps {
+        let old = Checkpoint::open(note, &j.public_key()).unwrap();
+        let proof = j.consistency_proof(*size, 37).unwrap();
+        merkle::verify_consistency(*size, 37, &old.root, &cp.root, &proof).unwrap();
+    }
+    assert!(j.inclusion_proof(0, 38).is_err(), "no proof beyond the durable log");
+    j.shutdown().await.unwrap();
+}
+
+async fn another_key_is_refused(b: &dyn Backend) {
+    let j = open(b, opts());
+    j.append_one(ev(0)).await.unwrap();
+    j.shutdown().await.unwrap();
+    drop(j);
+    let other = NodeKey::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+    let err = Journal::open(b.store(), other, opts()).unwrap_err();
+    assert!(matches!(err, isnad_journal::Error::KeyMismatch { .. }), "{err}");
+}
+
+async fn chain_continues_across_restarts_and_verifies(b: &dyn Backend) {
+    for round in 0..3u32 {
+        let j = open(b, opts());
+        assert_eq!(j.len(), u64::from(round) * 15);
+        j.append((0..15).map(|n| ev(round * 100 + n)).collect()).await.unwrap();
+        j.shutdown().await.unwrap();
+    }
+    let store = b.store();
+    let summary = verify_store(&*store, None, &mut |_, _| {}).unwrap().unwrap();
+    assert_eq!(summary.entries, 45);
+    assert!(summary.checkpoints >= 3);
+}
+
+async fn appends_after_shutdown_fail(b: &dyn Backend) {
+    let j = open(b, opts());
+    j.shutdown().await.unwrap();
+    assert!(matches!(j.append_one(ev(0)).await, Err(isnad_journal::Error::Closed)));
+}
+
+async fn explicit_ids_and_derived_ids(b: &dyn Backend) {
+    let j = open(b, opts());
+    let id = EventId::derived(1_700_000_000_000, b"stage-a/0/0");
+    let r1 = j.append_one(ev(0).with_id(id)).await.unwrap();
+    let r2 = j.append_one(ev(1).with_id(id)).await.unwrap();
+    assert_eq!(r1.seq, r2.seq);
+    assert!(r2.duplicate);
+    assert_eq!(j.entry(r1.seq).unwrap().unwrap().event.id, id);
+    j.shutdown().await.unwrap();
+}
+
+macro_rules! suite {
+    ($modname:ident, $make:expr) => {
+        mod $modname {
+            use super::*;
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let b = $make;
+                        super::$name(&b).await;
+                    }
+                };
+            }
+            case!(appends_are_consecutive_and_read_back);
+            case!(retried_ids_return_the_original_seq);
+            case!(concurrent_writers_get_unique_consecutive_seqs);
+            case!(subscription_catches_up_from_disk_then_follows);
+            case!(cursors_persist);
+            case!(checkpoints_and_proofs);
+            case!(another_key_is_refused);
+            case!(chain_continues_across_restarts_and_verifies);
+            case!(appends_after_shutdown_fail);
+            case!(explicit_ids_and_derived_ids);
+        }
+    };
+}
+
+suite!(sled, Sled(tempfile::tempdir().unwrap()));
+suite!(memory, Mem(Arc::new(MemStore::new())));

@@ -1,0 +1,181 @@
+//! Crash safety: a child process appends continuously and is killed with SIGKILL at random
+//! moments. After every kill, each append the child saw acknowledged must be in the log, the chain
+//! and every checkpoint must verify, and a restarted writer must carry on.
+//!
+//! The child is this very test binary, re-run with an environment variable that turns
+//! `crash_child_writer` from a no-op into the writer.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use isnad_journal::{export::verify_store, Entry, Journal, LogStore, Options, SledStore};
+use isnad_schemas::{EventId, NewEvent, RequestReceived};
+
+const CHILD_ENV: &str = "ISNAD_CRASH_CHILD_DIR";
+const ROUNDS: usize = 50;
+
+fn event(writer: u32, n: u64) -> NewEvent {
+    NewEvent::new(&RequestReceived {
+        endpoint: "/v1/chat/completions".into(),
+        model: "auto-router".into(),
+        prompt_hash: format!("sha256:{writer:08x}{n:056x}"),
+        stream: n % 2 == 0,
+        client_ip: Some("127.0.0.1".into()),
+    })
+    .expect("encode")
+    .team("team-a")
+    .actor(format!("writer-{writer}"))
+}
+
+/// The child: not a test of its own. Without the environment variable it returns at once.
+#[test]
+fn crash_child_writer() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let opts = Options {
+            checkpoint_every: 64,
+            checkpoint_interval: Duration::from_millis(20),
+            ..Options::default()
+        };
+        let journal = match Journal::open_dir(Path::new(&dir), opts) {
+            Ok(j) => j,
+            Err(e) => {
+                println!("open-failed {e}");
+                std::process::exit(3);
+            }
+        };
+        println!("ready {}", journal.len());
+        let mut tasks = Vec::new();
+        for w in 0..8u32 {
+            let j = journal.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                loop {
+                    // Mostly single appends, sometimes a small batch.
+                    let batch: Vec<NewEvent> = (0..if n % 5 == 0 { 3 } else { 1 }).map(|i| event(w, n + i)).collect();
+                    n += batch.len() as u64;
+                    let ids: Vec<EventId> = batch.iter().map(|e| e.id).collect();
+                    match j.append(batch).await {
+                        Ok(receipts) => {
+                            for (r, id) in receipts.iter().zip(ids) {
+                                println!("ack {} {}", r.seq, id);
+                            }
+                        }
+                        Err(e) => {
+                            println!("append-failed {e}");
+                            std::process::exit(4);
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: reproducible from the printed seed.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_no_acknowledged_append() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    println!("crash test seed {seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: BTreeMap<u64, EventId> = BTreeMap::new();
+    let mut rounds_with_acks = 0;
+    let mut last_len = 0u64;
+
+    for round in 0..ROUNDS {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Wait for the child to have opened (and so verified) the log.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready_len = loop {
+            let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("round {round}: child never became ready (seed {seed})"));
+            if let Some(n) = line.strip_prefix("ready ") {
+                break n.parse::<u64>().unwrap();
+            }
+            assert!(!line.starts_with("open-failed"), "round {round}: {line} (seed {seed})");
+        };
+        assert!(ready_len >= last_len, "round {round}: log shrank from {last_len} to {ready_len}");
+        std::thread::sleep(Duration::from_millis(5 + rng.next() % 120));
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let mut new_acks = 0;
+        for line in rx.try_iter() {
+            assert!(!line.contains("failed"), "round {round}: {line} (seed {seed})");
+            if let Some(rest) = line.strip_prefix("ack ") {
+                let (seq, id) = rest.split_once(' ').unwrap();
+                let prev = acked.insert(seq.parse().unwrap(), id.parse().unwrap());
+                assert!(prev.is_none() || prev == acked.get(&seq.parse().unwrap()).copied());
+                new_acks += 1;
+            }
+        }
+        if new_acks > 0 {
+            rounds_with_acks += 1;
+        }
+
+        // Every acknowledged append is present, with its id; the chain and checkpoints verify.
+        let store = SledStore::open(&dir.path().join("journal")).unwrap();
+        let summary = verify_store(&store, None, &mut |_, _| {})
+            .unwrap()
+            .unwrap_or_else(|p| panic!("round {round}: verify failed: {p} (seed {seed})"));
+        for (&seq, &id) in &acked {
+            let bytes = store.get(seq).unwrap().unwrap_or_else(|| panic!("round {round}: acked seq {seq} lost (seed {seed})"));
+            let e = Entry::from_stored(seq, &bytes).unwrap();
+            assert_eq!(e.event.id, id, "round {round}: seq {seq} holds another event (seed {seed})");
+        }
+        last_len = summary.entries;
+        drop(store);
+    }
+    assert!(rounds_with_acks >= ROUNDS / 2, "only {rounds_with_acks} rounds appended anything (seed {seed})");
+    assert!(acked.len() > 100, "too few appends to mean anything: {}", acked.len());
+
+    // Appends continue after the last kill.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let j = Journal::open_dir(dir.path(), Options::default()).unwrap();
+        let before = j.len();
+        let r = j.append_one(event(99, 0)).await.unwrap();
+        assert_eq!(r.seq, before);
+        j.shutdown().await.unwrap();
+    });
+}

@@ -72,14 +72,34 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (or creates) the sled database at `path`.
+    ///
+    /// sled releases its file lock from a background thread shortly after the previous handle in
+    /// this process is dropped, so a lock conflict is retried for up to two seconds before it is
+    /// reported (another process holding the log keeps it for longer than that).
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(256 * 1024 * 1024)
-            // sled's own background flush is not our durability: `flush()` is.
-            .flush_every_ms(None)
-            .open()?;
-        Ok(Self { db })
+        let mut tries = 0;
+        loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(256 * 1024 * 1024)
+                // sled's own background flush is not our durability: `flush()` is.
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Ok(db) => return Ok(Self { db }),
+                Err(e) if is_lock_conflict(&e) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) if is_lock_conflict(&e) => {
+                    return Err(Error::Storage(format!(
+                        "{} is in use by another process (is `isnad serve` running?)",
+                        path.display()
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The raw sled database, for tests that tamper with the log as an attacker with disk access.
@@ -172,6 +192,11 @@ impl LogStore for SledStore {
         self.db.insert(key(CURSOR, name.as_bytes()), &seq.to_be_bytes())?;
         Ok(())
     }
+}
+
+fn is_lock_conflict(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
 }
 
 /// An in-memory store: the same contract without a disk, for tests and ephemeral nodes.

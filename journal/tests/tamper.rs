@@ -300,11 +300,14 @@ fn every_export_mutation_is_caught_at_the_right_seq() {
 fn export_with_a_tampered_checkpoint_line_is_refused() {
     let base = pristine();
     let lines = export_lines(base.path());
-    let at = lines.iter().position(|l| l.starts_with("{\"checkpoint_size\":100")).unwrap();
+    let at = lines.iter().position(|l| l.starts_with("{\"checkpoint_size\":")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&lines[at]).unwrap();
+    let size = v["checkpoint_size"].as_u64().unwrap();
     let mut m: Vec<Vec<u8>> = lines.iter().map(|l| l.clone().into_bytes()).collect();
-    m[at] = lines[at].replace("\\n100\\n", "\\n101\\n").into_bytes();
+    m[at] = lines[at].replace(&format!("\\n{size}\\n"), &format!("\\n{}\\n", size + 1)).into_bytes();
+    assert_ne!(m[at], lines[at].as_bytes());
     let p = verify_lines(&m).unwrap_err();
-    assert_eq!(p.seq, 99, "{p}");
+    assert_eq!(p.seq, size - 1, "{p}");
     // Pinning the node's key refuses an export whose header names another key.
     let mut text = lines.join("\n");
     text.push('\n');

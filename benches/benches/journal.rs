@@ -1,1 +1,169 @@
-fn main(){}
+//! Micro benchmarks of the journal (criterion, `Throughput::Elements`, so criterion reports
+//! entries per second):
+//!
+//! - `seal/*`: what the sequencer spends per appended event, piece by piece: the canonical rkyv
+//!   encoding, the chained SHA-256, the Ed25519 signature, and `Entry::seal` (all three), plus
+//!   `Entry::from_stored` (the decode every read pays);
+//! - `verify/*`: one Ed25519 batch of 256 signatures on one core, the streaming `ChainVerifier`
+//!   over entries already in memory, and `export::verify_store` over a 200,000-entry sled log
+//!   (the `isnad journal verify` path: read, decode, hash chain, batched signatures on rayon,
+//!   checkpoints);
+//! - `read/*`: replay of the same 200,000-entry log: the raw sled scan, `Journal::scan` (which
+//!   decodes each entry), and `Journal::range` in chunks of 1024 as a lagging consumer reads.
+//!
+//! The sled log is built once (through the journal, batches of 4096) in a temporary directory and
+//! stays in sled's cache, so the read figures are for a warm log.
+
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ed25519_dalek::{Signature, Signer as _};
+use isnad_benches::{bench_key, fill, request_event, SledLog};
+use isnad_journal::{
+    entry::{entry_hash, Entry, GENESIS},
+    export::verify_store,
+    verify::ChainVerifier,
+    LogStore,
+};
+
+/// Entries in the log that the verify and read benches go over.
+const LOG_ENTRIES: u64 = 200_000;
+/// Entries fed to the in-memory `ChainVerifier` bench.
+const MEM_ENTRIES: u64 = 20_000;
+/// Chunk size of the `range` bench.
+const RANGE_CHUNK: u64 = 1024;
+
+fn sealed(n: u64) -> Vec<Entry> {
+    let key = bench_key();
+    let mut prev = GENESIS;
+    (0..n)
+        .map(|i| {
+            let e = Entry::seal(request_event(i).sequence(i, 1_700_000_000_000_000 + i as i64), &prev, key.signing())
+                .unwrap_or_else(|e| unreachable!("seal failed: {e}"));
+            prev = e.hash;
+            e
+        })
+        .collect()
+}
+
+fn seal(c: &mut Criterion) {
+    let key = bench_key();
+    let event = request_event(1).sequence(1, 1_700_000_000_000_000);
+    let canonical = event.canonical_bytes().unwrap_or_default();
+    let entry = Entry::seal(event.clone(), &GENESIS, key.signing()).unwrap_or_else(|e| unreachable!("{e}"));
+    let stored = entry.to_stored();
+    println!("event canonical size: {} bytes; stored entry: {} bytes", canonical.len(), stored.len());
+
+    let mut g = c.benchmark_group("seal");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("canonical_bytes", |b| b.iter(|| black_box(&event).canonical_bytes()));
+    g.bench_function("entry_hash", |b| b.iter(|| entry_hash(black_box(1), &GENESIS, black_box(&canonical))));
+    g.bench_function("ed25519_sign", |b| b.iter(|| key.signing().sign(black_box(&entry.hash))));
+    g.bench_function("entry_seal", |b| {
+        b.iter_batched(
+            || event.clone(),
+            |ev| Entry::seal(ev, &GENESIS, key.signing()),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("entry_from_stored", |b| b.iter(|| Entry::from_stored(1, black_box(&stored))));
+    g.finish();
+}
+
+fn verify(c: &mut Criterion) {
+    let entries = sealed(MEM_ENTRIES);
+    let stored: Vec<Vec<u8>> = entries.iter().map(Entry::to_stored).collect();
+    let key = bench_key().verifying();
+
+    let mut g = c.benchmark_group("verify");
+    g.throughput(Throughput::Elements(256));
+    let chunk = &entries[..256];
+    let msgs: Vec<&[u8]> = chunk.iter().map(|e| e.hash.as_slice()).collect();
+    let sigs: Vec<Signature> = chunk.iter().map(Entry::signature).collect();
+    let keys = vec![key; 256];
+    g.bench_function("ed25519_verify_batch_256_one_core", |b| {
+        b.iter(|| ed25519_dalek::verify_batch(black_box(&msgs), &sigs, &keys))
+    });
+
+    g.throughput(Throughput::Elements(MEM_ENTRIES));
+    g.sample_size(10);
+    g.bench_function("chain_verifier_in_memory_20k", |b| {
+        b.iter(|| {
+            let mut v = ChainVerifier::new(key, None, Vec::new());
+            for (seq, bytes) in stored.iter().enumerate() {
+                if let Err(p) = v.push(seq as u64, bytes) {
+                    unreachable!("verification failed: {p}");
+                }
+            }
+            v.finish()
+        })
+    });
+    g.finish();
+}
+
+fn on_disk_log(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("tempdir: {e}"));
+    let log = SledLog::open(dir.path()).unwrap_or_else(|e| unreachable!("open: {e}"));
+    let t = std::time::Instant::now();
+    let n = fill(&log.journal, LOG_ENTRIES, 4096).unwrap_or_else(|e| unreachable!("fill: {e}"));
+    println!("built a {n}-entry sled log in {:.1?}", t.elapsed());
+    let store: Arc<dyn LogStore> = log.store.clone();
+
+    let mut g = c.benchmark_group("verify");
+    g.throughput(Throughput::Elements(n));
+    g.sample_size(10);
+    g.measurement_time(std::time::Duration::from_secs(20));
+    g.bench_function("verify_store_sled_200k", |b| {
+        b.iter(|| match verify_store(&*store, None, &mut |_, _| {}) {
+            Ok(Ok(summary)) => summary,
+            other => unreachable!("verify_store: {other:?}"),
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("read");
+    g.throughput(Throughput::Elements(n));
+    g.sample_size(10);
+    g.measurement_time(std::time::Duration::from_secs(8));
+    g.bench_function("store_scan_raw_200k", |b| {
+        b.iter(|| {
+            let mut bytes = 0usize;
+            let _ = store.scan(0, n, &mut |_, v| {
+                bytes += v.len();
+                true
+            });
+            bytes
+        })
+    });
+    g.bench_function("journal_scan_200k", |b| {
+        b.iter(|| {
+            let mut count = 0u64;
+            let _ = log.journal.scan(0, n, &mut |e| {
+                count += black_box(e.event.seq) & 1;
+                true
+            });
+            count
+        })
+    });
+    g.bench_function("journal_range_chunks_1024_200k", |b| {
+        b.iter(|| {
+            let mut from = 0;
+            let mut count = 0usize;
+            while from < n {
+                let chunk = log.journal.range(from, from + RANGE_CHUNK).unwrap_or_default();
+                count += chunk.len();
+                from += RANGE_CHUNK;
+            }
+            count
+        })
+    });
+    g.finish();
+    drop(log);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(std::time::Duration::from_secs(1)).measurement_time(std::time::Duration::from_secs(3));
+    targets = seal, verify, on_disk_log
+}
+criterion_main!(benches);

@@ -1,1 +1,310 @@
-//! placeholder
+//! The event pipeline: stages consume journal entries and emit events, and the journal is the
+//! only channel between them.
+//!
+//! - [`Stage`]: an event (plus the request's in-RAM [`Attachment`], when the request is still in
+//!   flight in this process) in, events out.
+//! - [`Bus`]: publishes events with attachments, keeps attachments in memory only, and correlates
+//!   requests with the events that answer them ([`Bus::wait_for`]).
+//! - [`Runner`]: runs each stage from its persisted cursor, so a restart resumes where the stage
+//!   stopped. Events a stage emits get ids derived from the input event, so re-running a stage
+//!   after a crash re-emits the same ids and the journal's idempotency drops the repeats: each
+//!   input yields its outputs exactly once in the log.
+//!
+//! Stages see events as soon as they are sequenced (in memory). Stages whose effects leave the
+//! process (webhooks) ask for [`Watermark::Durable`] instead.
+
+use std::{
+    any::Any,
+    collections::HashMap,
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
+
+use isnad_journal::{Entry, Journal, Watermark};
+use isnad_schemas::{EventId, NewEvent};
+use parking_lot::Mutex;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// In-RAM data that travels with a request: prompt messages, a completion channel, uploaded
+/// bytes. Never written to the journal or anywhere else on disk.
+pub type Attachment = Arc<dyn Any + Send + Sync>;
+
+/// Errors of the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The journal refused or failed.
+    #[error(transparent)]
+    Journal(#[from] isnad_journal::Error),
+    /// A stage failed on an event.
+    #[error("stage {stage} failed on seq {seq}: {reason}")]
+    Stage {
+        /// Stage name.
+        stage: String,
+        /// Input event.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Waiting for a correlated event timed out.
+    #[error("no {kinds:?} event for request {request_id} within {timeout:?}")]
+    Timeout {
+        /// Request id.
+        request_id: String,
+        /// Kinds awaited.
+        kinds: Vec<String>,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The bus shut down while waiting.
+    #[error("pipeline is shutting down")]
+    Closed,
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One step of the pipeline.
+pub trait Stage: Send + 'static {
+    /// Stable name; also the name of the stage's cursor in the journal.
+    fn name(&self) -> &str;
+
+    /// Which journal position the stage reads up to.
+    fn watermark(&self) -> Watermark {
+        Watermark::Sequenced
+    }
+
+    /// Cheap filter: does this stage handle this entry at all?
+    fn wants(&self, entry: &Entry) -> bool;
+
+    /// Handles one entry and returns the events to append. Outputs without a request id or team
+    /// inherit the input's.
+    fn handle(
+        &mut self,
+        entry: Arc<Entry>,
+        attachment: Option<Attachment>,
+    ) -> impl Future<Output = Result<Vec<NewEvent>, String>> + Send;
+}
+
+struct Waiter {
+    kinds: Vec<String>,
+    reply: oneshot::Sender<Arc<Entry>>,
+}
+
+#[derive(Default)]
+struct BusState {
+    attachments: HashMap<String, Attachment>,
+    waiters: HashMap<String, Vec<Waiter>>,
+}
+
+/// Publishes events, holds attachments and answers "tell me when request R has an event of kind K".
+#[derive(Clone)]
+pub struct Bus {
+    journal: Journal,
+    state: Arc<Mutex<BusState>>,
+    correlator: Arc<JoinHandle<()>>,
+}
+
+impl Bus {
+    /// A bus over `journal`. Starts the correlator, which follows the log from its current end.
+    pub fn new(journal: Journal) -> Self {
+        let state: Arc<Mutex<BusState>> = Arc::default();
+        let mut sub = journal.subscribe(journal.len(), Watermark::Sequenced);
+        let st = state.clone();
+        let correlator = tokio::spawn(async move {
+            while let Ok(entry) = sub.next().await {
+                let Some(rid) = entry.event.request_id.as_deref() else { continue };
+                let mut guard = st.lock();
+                let Some(waiters) = guard.waiters.get_mut(rid) else { continue };
+                let mut i = 0;
+                while i < waiters.len() {
+                    if waiters[i].kinds.iter().any(|k| *k == entry.event.kind) {
+                        let w = waiters.swap_remove(i);
+                        let _ = w.reply.send(entry.clone());
+                    } else {
+                        i += 1;
+                    }
+                }
+                if waiters.is_empty() {
+                    guard.waiters.remove(rid);
+                }
+            }
+            // Journal closed: dropping the waiters wakes everyone with `Closed`.
+            st.lock().waiters.clear();
+        });
+        Self { journal, state, correlator: Arc::new(correlator) }
+    }
+
+    /// The journal beneath.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Keeps `attachment` in memory for request `request_id` until [`Bus::detach`].
+    pub fn attach(&self, request_id: &str, attachment: Attachment) {
+        self.state.lock().attachments.insert(request_id.to_owned(), attachment);
+    }
+
+    /// The attachment of a request still in flight in this process.
+    pub fn attachment(&self, request_id: &str) -> Option<Attachment> {
+        self.state.lock().attachments.get(request_id).cloned()
+    }
+
+    /// Drops a request's attachment (its data is gone from the process).
+    pub fn detach(&self, request_id: &str) {
+        self.state.lock().attachments.remove(request_id);
+    }
+
+    /// Number of attachments held (for metrics and leak tests).
+    pub fn attachments_in_flight(&self) -> usize {
+        self.state.lock().attachments.len()
+    }
+
+    /// Registers interest in the first event of one of `kinds` for `request_id`. Register before
+    /// publishing the request so that the answer cannot be missed.
+    pub fn wait_for(&self, request_id: &str, kinds: &[&str]) -> Pending {
+        let (reply, rx) = oneshot::channel();
+        self.state
+            .lock()
+            .waiters
+            .entry(request_id.to_owned())
+            .or_default()
+            .push(Waiter { kinds: kinds.iter().map(|k| (*k).to_owned()).collect(), reply });
+        Pending { rx, request_id: request_id.to_owned(), kinds: kinds.iter().map(|k| (*k).to_owned()).collect() }
+    }
+
+    /// Publishes an event (sequenced, visible to stages at once) with an optional attachment
+    /// keyed by the event's request id. Durability is awaited separately, once per request.
+    pub async fn publish(&self, event: NewEvent, attachment: Option<Attachment>) -> Result<isnad_journal::Receipt> {
+        if let (Some(a), Some(rid)) = (attachment, event.request_id.as_deref()) {
+            self.attach(rid, a);
+        }
+        let mut receipts = self.journal.append_sequenced(vec![event]).await?;
+        receipts.pop().ok_or(Error::Closed)
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.correlator) == 1 {
+            self.correlator.abort();
+        }
+    }
+}
+
+/// A correlated event still to come.
+pub struct Pending {
+    rx: oneshot::Receiver<Arc<Entry>>,
+    request_id: String,
+    kinds: Vec<String>,
+}
+
+impl Pending {
+    /// Waits up to `timeout` for the event.
+    pub async fn wait(self, timeout: Duration) -> Result<Arc<Entry>> {
+        match tokio::time::timeout(timeout, self.rx).await {
+            Ok(Ok(e)) => Ok(e),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout { request_id: self.request_id, kinds: self.kinds, timeout }),
+        }
+    }
+}
+
+/// Runs stages, each in its own task, from its persisted cursor.
+pub struct Runner {
+    bus: Bus,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// How often (in handled entries) a stage's cursor is persisted while busy; it is also persisted
+/// whenever the stage catches up with the log.
+const CURSOR_EVERY: u64 = 256;
+
+impl Runner {
+    /// A runner publishing through `bus`.
+    pub fn new(bus: Bus) -> Self {
+        Self { bus, tasks: Vec::new() }
+    }
+
+    /// Starts `stage` at its cursor.
+    pub fn spawn<S: Stage>(&mut self, mut stage: S) -> Result<()> {
+        let journal = self.bus.journal().clone();
+        let bus = self.bus.clone();
+        let name = stage.name().to_owned();
+        let start = journal.cursor(&name)?;
+        let mut sub = journal.subscribe(start, stage.watermark());
+        self.tasks.push(tokio::spawn(async move {
+            let mut since_save = 0u64;
+            loop {
+                let entry = match sub.next().await {
+                    Ok(e) => e,
+                    Err(isnad_journal::Error::Closed) => break,
+                    Err(e) => {
+                        tracing::error!(stage = %name, error = %e, "stage cannot read the journal");
+                        break;
+                    }
+                };
+                let seq = entry.seq;
+                if stage.wants(&entry) {
+                    let attachment = entry.event.request_id.as_deref().and_then(|r| bus.attachment(r));
+                    match stage.handle(entry.clone(), attachment).await {
+                        Ok(outputs) if !outputs.is_empty() => {
+                            let outputs = derive_ids(&name, &entry, outputs);
+                            if let Err(e) = journal.append_sequenced(outputs).await {
+                                tracing::error!(stage = %name, seq, error = %e, "stage output not journaled");
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(reason) => {
+                            tracing::warn!(stage = %name, seq, %reason, "stage failed on event");
+                        }
+                    }
+                }
+                since_save += 1;
+                let caught_up = seq + 1 >= journal.len();
+                if since_save >= CURSOR_EVERY || caught_up {
+                    if let Err(e) = journal.set_cursor(&name, seq + 1) {
+                        tracing::error!(stage = %name, error = %e, "cannot persist cursor");
+                    }
+                    since_save = 0;
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    /// Stops every stage (they resume from their cursors next time).
+    pub fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Gives a stage's outputs stable ids (derived from stage, input seq and position) and the
+/// input's request id and team when they have none.
+fn derive_ids(stage: &str, input: &Entry, outputs: Vec<NewEvent>) -> Vec<NewEvent> {
+    let ms = u64::try_from(input.event.timestamp_us / 1000).unwrap_or(0);
+    outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ev)| {
+            let seed = format!("{stage}\u{0}{}\u{0}{i}", input.event.id);
+            ev.id = EventId::derived(ms, seed.as_bytes());
+            if ev.request_id.is_none() {
+                ev.request_id = input.event.request_id.clone();
+            }
+            if ev.team.is_none() {
+                ev.team = input.event.team.clone();
+            }
+            ev
+        })
+        .collect()
+}

@@ -1,1 +1,167 @@
-fn main() {}
+//! `isnad`: the sovereign AI gateway and its operator and auditor tools.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use isnad_api::{config::Config, journal_cli};
+
+#[derive(Parser)]
+#[command(name = "isnad", version, about = "Sovereign AI gateway with a signed, verifiable activity journal")]
+struct Cli {
+    /// Configuration file (TOML); built-in defaults when absent.
+    #[arg(long, env = "ISNAD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (journal, node key).
+    #[arg(long, env = "ISNAD_DATA_DIR", default_value = "./data", global = true)]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Address to listen on (overrides the configuration).
+        #[arg(long, env = "ISNAD_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Admin API key (overrides the configuration; generated on first start when unset).
+        #[arg(long, env = "ISNAD_ADMIN_KEY", hide_env_values = true)]
+        admin_key: Option<String>,
+    },
+    /// Audit the activity journal offline.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Verify every entry, signature and checkpoint of the data directory's journal.
+    Verify {
+        /// The node's public key as obtained out of band (defaults to the data directory's node.pub).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the journal as self-contained JSONL (entries, public key, checkpoints).
+    Export {
+        /// Output file ("-" or absent: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Verify an export file with nothing else.
+    VerifyExport {
+        /// The export ("-" for standard input).
+        file: PathBuf,
+        /// The node's public key as obtained out of band.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// A signed checkpoint obtained independently, which the export must match.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Produce an inclusion proof bundle for one entry.
+    Prove {
+        /// Sequence number of the entry.
+        #[arg(long)]
+        seq: u64,
+        /// Prove from an export file instead of the data directory.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Output file ("-" or absent: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Check an inclusion proof bundle against the node's public key.
+    VerifyProof {
+        /// The bundle.
+        file: PathBuf,
+        /// The node's public key.
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the latest entries.
+    Tail {
+        /// Start at this seq instead of the last entries.
+        #[arg(long)]
+        from: Option<u64>,
+        /// How many of the last entries.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: u64,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Read an export file instead of the data directory.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve { listen, admin_key } => {
+            init_tracing("info");
+            if admin_key.is_some() {
+                config.server.admin_token = admin_key;
+            }
+            let listen = listen.unwrap_or(config.server.listen);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(isnad_api::server::serve(config, &cli.data_dir, listen))?;
+            Ok(0)
+        }
+        Command::Journal { command } => {
+            init_tracing("warn");
+            let dir = &cli.data_dir;
+            match command {
+                JournalCommand::Verify { public_key, json } => journal_cli::verify(dir, public_key.as_deref(), json),
+                JournalCommand::Export { output } => journal_cli::export(dir, output.as_deref()),
+                JournalCommand::VerifyExport { file, public_key, checkpoint, json } => {
+                    journal_cli::verify_export_file(&file, public_key.as_deref(), checkpoint.as_deref(), json)
+                }
+                JournalCommand::Prove { seq, export, output } => journal_cli::prove(dir, export.as_deref(), seq, output.as_deref()),
+                JournalCommand::VerifyProof { file, public_key, json } => journal_cli::verify_proof(&file, &public_key, json),
+                JournalCommand::Tail { from, count, kind, export, json } => {
+                    let source = match export {
+                        Some(f) => journal_cli::TailSource::Export(f),
+                        None => journal_cli::TailSource::Dir(dir.clone()),
+                    };
+                    journal_cli::tail(source, from, count, kind.as_deref(), json)
+                }
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("isnad: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

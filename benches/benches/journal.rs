@@ -8,11 +8,17 @@
 //!   over entries already in memory, and `export::verify_store` over a 200,000-entry sled log
 //!   (the `isnad journal verify` path: read, decode, hash chain, batched signatures on rayon,
 //!   checkpoints);
+//! - `store/*`: the sled work the sequencer and flusher do per event: an id-index lookup that
+//!   misses (every append checks idempotency), a 64-event batch write (entry and id rows), and the
+//!   same followed by the blocking `flush()` that a group commit waits for;
 //! - `read/*`: replay of the same 200,000-entry log: the raw sled scan, `Journal::scan` (which
 //!   decodes each entry), and `Journal::range` in chunks of 1024 as a lagging consumer reads.
 //!
 //! The sled log is built once (through the journal, batches of 4096) in a temporary directory and
 //! stays in sled's cache, so the read figures are for a warm log.
+
+// `criterion_group!` generates a public function without docs.
+#![allow(missing_docs)]
 
 use std::sync::Arc;
 
@@ -23,7 +29,7 @@ use isnad_journal::{
     entry::{entry_hash, Entry, GENESIS},
     export::verify_store,
     verify::ChainVerifier,
-    LogStore,
+    LogStore, SledStore,
 };
 
 /// Entries in the log that the verify and read benches go over.
@@ -158,7 +164,58 @@ fn on_disk_log(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sled_seq_of_miss_200k_log", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let id = isnad_schemas::EventId::derived(1_700_000_000_000 + i, &i.to_le_bytes());
+            store.seq_of(black_box(&id))
+        })
+    });
     drop(log);
+
+    // Batch writes go to a separate, fresh store so they do not disturb the log above.
+    let wdir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("tempdir: {e}"));
+    let wstore = SledStore::open(&wdir.path().join("w")).unwrap_or_else(|e| unreachable!("open: {e}"));
+    let rows: Vec<(Vec<u8>, isnad_schemas::EventId)> =
+        sealed(64).iter().map(|e| (e.to_stored(), e.event.id)).collect();
+    let mut next = 0u64;
+    let batch = |next: &mut u64| {
+        let entries: Vec<(u64, Vec<u8>)> = rows.iter().enumerate().map(|(k, (b, _))| (*next + k as u64, b.clone())).collect();
+        let ids: Vec<(isnad_schemas::EventId, u64)> = rows
+            .iter()
+            .enumerate()
+            .map(|(k, (_, id))| {
+                let mut id = *id;
+                id.0[8..16].copy_from_slice(&(*next + k as u64).to_be_bytes());
+                (id, *next + k as u64)
+            })
+            .collect();
+        *next += rows.len() as u64;
+        (entries, ids)
+    };
+    g.throughput(Throughput::Elements(rows.len() as u64));
+    g.bench_function("sled_append_batch_64", |b| {
+        b.iter_batched(
+            || batch(&mut next),
+            |(entries, ids)| wstore.append(&entries, &ids),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("sled_append_batch_64_and_flush", |b| {
+        b.iter_batched(
+            || batch(&mut next),
+            |(entries, ids)| {
+                let _ = wstore.append(&entries, &ids);
+                wstore.flush()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
 }
 
 criterion_group! {

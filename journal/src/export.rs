@@ -133,10 +133,11 @@ pub fn verify_store(
     })
 }
 
-/// Writes the whole store as an export. Returns the number of entries written.
-pub fn export_store(store: &dyn LogStore, out: &mut dyn Write) -> Result<u64> {
+/// Writes the store as an export: every entry, or the first `upto` when given. Returns the number
+/// of entries written.
+pub fn export_store(store: &dyn LogStore, upto: Option<u64>, out: &mut dyn Write) -> Result<u64> {
     let (key, origin) = store_identity(store)?;
-    let total = store.next_seq()?;
+    let total = store.next_seq()?.min(upto.unwrap_or(u64::MAX));
     let header = ExportHeader {
         format: EXPORT_FORMAT.into(),
         public_key: B64.encode(key.as_bytes()),
@@ -267,4 +268,110 @@ pub fn verify_export(
     }
     progress(summary.entries, header.entries);
     Ok(summary)
+}
+
+/// Rebuilds the Merkle tree of a store from its stored entry hashes (no signature checks; use
+/// [`verify_store`] for that).
+pub fn tree_of(store: &dyn LogStore) -> Result<crate::merkle::MerkleTree> {
+    let total = store.next_seq()?;
+    let mut tree = crate::merkle::MerkleTree::new();
+    let mut err = None;
+    store.scan(0, total, &mut |seq, bytes| {
+        if seq != tree.size() {
+            err = Some(Error::Corrupt { seq: tree.size(), reason: "entry missing".into() });
+            return false;
+        }
+        match crate::entry::split_stored(bytes) {
+            Ok((hash, _, _)) => {
+                tree.push_leaf_hash(crate::merkle::leaf_hash(&hash));
+                true
+            }
+            Err(reason) => {
+                err = Some(Error::Corrupt { seq, reason });
+                false
+            }
+        }
+    })?;
+    err.map_or(Ok(tree), Err)
+}
+
+/// Format name of an inclusion proof bundle.
+pub const PROOF_FORMAT: &str = "isnad-inclusion-proof/1";
+
+/// Everything an auditor needs to check, offline and with only the node's public key, that one
+/// event is in the log: the entry, the hash before it, an RFC 6962 audit path, and the signed
+/// checkpoint whose root the path leads to.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionBundle {
+    /// [`PROOF_FORMAT`].
+    pub format: String,
+    /// Sequence number of the entry.
+    pub seq: u64,
+    /// Hex hash of the previous entry (zeros for seq 0).
+    pub prev_hash: String,
+    /// The entry, exactly as an export line.
+    pub entry: serde_json::Value,
+    /// Tree size of the checkpoint.
+    pub tree_size: u64,
+    /// Hex audit path.
+    pub proof: Vec<String>,
+    /// The signed checkpoint note.
+    pub checkpoint: String,
+}
+
+impl InclusionBundle {
+    /// Assembles a bundle.
+    pub fn new(entry: &Entry, prev_hash: &crate::merkle::Hash, tree_size: u64, proof: &[crate::merkle::Hash], checkpoint: &str) -> Result<Self> {
+        let line = render_entry(entry);
+        Ok(Self {
+            format: PROOF_FORMAT.into(),
+            seq: entry.seq,
+            prev_hash: hex::encode(prev_hash),
+            entry: serde_json::from_str(&line).map_err(|e| Error::Invalid(e.to_string()))?,
+            tree_size,
+            proof: proof.iter().map(hex::encode).collect(),
+            checkpoint: checkpoint.to_owned(),
+        })
+    }
+
+    /// Checks the bundle against the node's public key: the entry's hash and signature, the
+    /// checkpoint's signature, and the audit path to the checkpoint's root.
+    pub fn verify(&self, key: &VerifyingKey) -> Result<Checkpoint, String> {
+        if self.format != PROOF_FORMAT {
+            return Err(format!("unknown proof format {}", self.format));
+        }
+        let line: EntryLine = serde_json::from_value(self.entry.clone()).map_err(|e| format!("entry: {e}"))?;
+        if line.seq != self.seq {
+            return Err(format!("bundle is for seq {} but holds entry {}", self.seq, line.seq));
+        }
+        let hex32 = |s: &str, what: &str| -> Result<crate::merkle::Hash, String> {
+            hex::decode(s).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| format!("{what} is not 32 hex bytes"))
+        };
+        let prev = hex32(&self.prev_hash, "prev_hash")?;
+        let canonical = B64.decode(&line.event).map_err(|e| format!("event: {e}"))?;
+        let hash = crate::entry::entry_hash(self.seq, &prev, &canonical);
+        if hex::encode(hash) != line.hash {
+            return Err("entry hash does not match its event, position and previous hash".into());
+        }
+        let sig: [u8; 64] = B64.decode(&line.sig).ok().and_then(|s| s.try_into().ok()).ok_or("sig is not 64 base64 bytes")?;
+        key.verify_strict(&hash, &ed25519_dalek::Signature::from_bytes(&sig))
+            .map_err(|_| "entry signature does not verify with the node key".to_owned())?;
+        let mut stored = hash.to_vec();
+        stored.extend_from_slice(&sig);
+        stored.extend_from_slice(&canonical);
+        let entry = Entry::from_stored(self.seq, &stored)?;
+        let rendered: serde_json::Value = serde_json::from_str(&render_entry(&entry)).map_err(|e| e.to_string())?;
+        if rendered != self.entry {
+            return Err("entry view differs from its signed bytes".into());
+        }
+        let cp = Checkpoint::open(&self.checkpoint, key).map_err(|e| format!("checkpoint: {e}"))?;
+        if cp.size != self.tree_size {
+            return Err(format!("checkpoint is for size {} but the proof for size {}", cp.size, self.tree_size));
+        }
+        let proof = self.proof.iter().map(|p| hex32(p, "proof hash")).collect::<Result<Vec<_>, _>>()?;
+        crate::merkle::verify_inclusion(self.seq, self.tree_size, &entry.leaf(), &proof, &cp.root)
+            .map_err(|e| format!("inclusion proof: {e}"))?;
+        Ok(cp)
+    }
 }

@@ -445,6 +445,27 @@ impl Journal {
         Ok(())
     }
 
+    /// Writes an export of every durable entry (see [`crate::export`]) and returns how many.
+    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<u64> {
+        crate::export::export_store(&*self.shared().store, Some(self.durable_len()), out)
+    }
+
+    /// Finds the first seq whose timestamp is at or after `timestamp_us`, by binary search (entry
+    /// times never decrease along the log). Returns the log length when there is none.
+    pub fn seq_at_time(&self, timestamp_us: i64) -> Result<u64> {
+        let (mut lo, mut hi) = (0u64, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ts = self.entry(mid)?.map_or(i64::MAX, |e| e.event.timestamp_us);
+            if ts < timestamp_us {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
     /// Flushes, writes a final checkpoint and stops the writer. Later appends fail with `Closed`.
     pub async fn shutdown(&self) -> Result<()> {
         let tx = self.handle.tx.lock().take();

@@ -216,7 +216,7 @@ fn tampered_checkpoint_and_swapped_key_are_caught() {
 fn export_lines(dir: &Path) -> Vec<String> {
     let store = SledStore::open(&dir.join("journal")).unwrap();
     let mut out = Vec::new();
-    export_store(&store, &mut out).unwrap();
+    export_store(&store, None, &mut out).unwrap();
     String::from_utf8(out).unwrap().lines().map(str::to_owned).collect()
 }
 

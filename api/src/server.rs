@@ -1,0 +1,333 @@
+//! The HTTP server: health, and the activity journal API (entries with filters and pagination,
+//! checkpoints, proofs, export). Handlers parse, authorise, call the journal, shape the response.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{rejection::QueryRejection, Query, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
+use isnad_journal::{export::InclusionBundle, Journal};
+use isnad_schemas::{NewEvent, NodeStarted};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::{auth::AdminToken, config::Config, error::ApiError};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The journal.
+    pub journal: Journal,
+    /// Hash of the admin token.
+    pub admin: Arc<AdminToken>,
+}
+
+/// The router, without a socket (tests call it directly).
+pub fn app(state: AppState, config: &Config) -> Router {
+    let v1 = Router::new()
+        .route("/v1/activity/logs", get(logs_get).post(logs_post))
+        .route("/v1/activity/checkpoint", get(checkpoint))
+        .route("/v1/activity/proof", get(proof))
+        .route("/v1/activity/export", get(export))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .merge(v1)
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(config.server.max_body_bytes))
+        .with_state(state)
+}
+
+async fn require_admin(State(state): State<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(t) if state.admin.matches(t) => next.run(req).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    // Ready when the journal still accepts appends and has checkpointed what is durable.
+    if state.journal.checkpoint_now().await.is_ok() {
+        Json(json!({"status": "ready", "entries": state.journal.durable_len()})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"}))).into_response()
+    }
+}
+
+/// Filters of `/v1/activity/logs` (query string for GET, JSON body for POST).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// First seq (inclusive).
+    pub from_seq: Option<u64>,
+    /// Last seq (exclusive).
+    pub to_seq: Option<u64>,
+    /// RFC 3339 lower time bound (inclusive).
+    pub since: Option<String>,
+    /// RFC 3339 upper time bound (exclusive).
+    pub until: Option<String>,
+    /// Event kind.
+    pub kind: Option<String>,
+    /// Team.
+    pub team: Option<String>,
+    /// Request id.
+    pub request_id: Option<String>,
+    /// Actor.
+    pub actor: Option<String>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Pagination cursor: continue after this seq (from `next_after`).
+    pub after: Option<u64>,
+}
+
+/// One entry as the API shows it.
+#[derive(Serialize)]
+struct LogEntry {
+    #[serde(flatten)]
+    event: isnad_schemas::EventJson,
+    hash: String,
+}
+
+const MAX_LIMIT: usize = 1000;
+/// Entries examined per request at most, so that a filter matching nothing cannot pin a core.
+const SCAN_BUDGET: u64 = 200_000;
+
+fn parse_time(param: &str, s: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| ApiError::bad(param, format!("{param} must be an RFC 3339 time: {e}")))
+}
+
+async fn logs_get(State(state): State<AppState>, q: Result<Query<LogQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest { message: e.body_text(), param: None })?;
+    query_logs(&state.journal, q).map(Json)
+}
+
+async fn logs_post(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let q: LogQuery = if body.is_empty() {
+        LogQuery::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest { message: format!("invalid JSON body: {e}"), param: None })?
+    };
+    query_logs(&state.journal, q).map(Json)
+}
+
+/// Runs a log query against the durable part of the journal.
+pub fn query_logs(journal: &Journal, q: LogQuery) -> Result<Value, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    let durable = journal.durable_len();
+    let mut from = q.from_seq.unwrap_or(0);
+    let mut to = q.to_seq.unwrap_or(durable).min(durable);
+    if let Some(after) = q.after {
+        from = from.max(after.saturating_add(1));
+    }
+    if let Some(since) = &q.since {
+        from = from.max(journal.seq_at_time(parse_time("since", since)?)?);
+    }
+    if let Some(until) = &q.until {
+        to = to.min(journal.seq_at_time(parse_time("until", until)?)?);
+    }
+    let mut data = Vec::new();
+    let mut last_seen = None;
+    let scan_to = to.min(from.saturating_add(SCAN_BUDGET));
+    let matches = |e: &isnad_schemas::Event| {
+        q.kind.as_ref().is_none_or(|k| *k == e.kind)
+            && q.team.as_ref().is_none_or(|t| Some(t) == e.team.as_ref())
+            && q.request_id.as_ref().is_none_or(|r| Some(r) == e.request_id.as_ref())
+            && q.actor.as_ref().is_none_or(|a| Some(a) == e.actor.as_ref())
+    };
+    if from < scan_to {
+        journal.scan(from, scan_to, &mut |entry| {
+            last_seen = Some(entry.seq);
+            if matches(&entry.event) {
+                data.push(LogEntry { event: entry.event.to_json(), hash: hex::encode(entry.hash) });
+            }
+            data.len() < limit
+        })?;
+    }
+    let has_more = match last_seen {
+        Some(s) => s + 1 < to,
+        None => false,
+    };
+    Ok(json!({
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "next_after": if has_more { last_seen } else { None },
+        "log_size": durable,
+    }))
+}
+
+async fn checkpoint(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (cp, note) = match state.journal.latest_checkpoint() {
+        Some(c) if c.0.size == state.journal.durable_len() => c,
+        _ => state.journal.checkpoint_now().await?.ok_or_else(|| ApiError::NotFound("the log is empty".into()))?,
+    };
+    Ok(Json(json!({
+        "origin": cp.origin,
+        "size": cp.size,
+        "root": B64.encode(cp.root),
+        "note": note,
+        "public_key": B64.encode(state.journal.public_key().as_bytes()),
+        "verifier_key": state.journal.verifier_key(),
+    })))
+}
+
+/// `?seq=N` for an inclusion proof bundle; `?old_size=A&new_size=B` for a consistency proof.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofQuery {
+    seq: Option<u64>,
+    old_size: Option<u64>,
+    new_size: Option<u64>,
+}
+
+async fn proof(State(state): State<AppState>, q: Result<Query<ProofQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest { message: e.body_text(), param: None })?;
+    let j = &state.journal;
+    // Proofs are against a signed checkpoint covering everything durable.
+    let (cp, note) = match j.latest_checkpoint() {
+        Some(c) if c.0.size == j.durable_len() => c,
+        _ => j.checkpoint_now().await?.ok_or_else(|| ApiError::NotFound("the log is empty".into()))?,
+    };
+    match (q.seq, q.old_size, q.new_size) {
+        (Some(seq), None, None) => {
+            if seq >= cp.size {
+                return Err(ApiError::bad("seq", format!("seq {seq} is beyond the {} checkpointed entries", cp.size)));
+            }
+            let entry = j.entry(seq)?.ok_or_else(|| ApiError::NotFound(format!("no entry {seq}")))?;
+            let prev = if seq == 0 { [0u8; 32] } else { j.entry(seq - 1)?.map(|e| e.hash).unwrap_or_default() };
+            let path = j.inclusion_proof(seq, cp.size)?;
+            let bundle = InclusionBundle::new(&entry, &prev, cp.size, &path, &note)?;
+            Ok(Json(serde_json::to_value(bundle).map_err(|e| ApiError::Internal(e.to_string()))?))
+        }
+        (None, Some(old), new) => {
+            let new = new.unwrap_or(cp.size);
+            if new != cp.size {
+                return Err(ApiError::bad("new_size", format!("new_size must be the latest checkpoint size {}", cp.size)));
+            }
+            let path = j.consistency_proof(old, new)?;
+            Ok(Json(json!({
+                "old_size": old,
+                "new_size": new,
+                "old_root": B64.encode(j.root(old)?),
+                "proof": path.iter().map(hex::encode).collect::<Vec<_>>(),
+                "checkpoint": note,
+            })))
+        }
+        _ => Err(ApiError::bad("seq", "give either seq, or old_size (and optionally new_size)")),
+    }
+}
+
+async fn export(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let journal = state.journal.clone();
+    // Checkpoint first so the export ends with a signed root over all of it.
+    journal.checkpoint_now().await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter { tx, buf: Vec::with_capacity(64 * 1024) };
+        if let Err(e) = journal.export(&mut w) {
+            tracing::error!(error = %e, "export failed");
+            let _ = w.tx.blocking_send(Err(std::io::Error::other("export failed")));
+        }
+        let _ = std::io::Write::flush(&mut w);
+    });
+    let body = Body::from_stream(tokio_stream_from(rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = Bytes::from(std::mem::take(&mut self.buf));
+            self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("client went away"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM, then finishes in-flight requests and checkpoints.
+pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    let journal = Journal::open_dir(data_dir, config.journal.options())?;
+    let admin = AdminToken::resolve(config.server.admin_token.as_deref(), data_dir)?;
+    let started = NewEvent::new(&NodeStarted {
+        version: env!("CARGO_PKG_VERSION").into(),
+        config_hash: config.hash(),
+        node_id: journal.node_id(),
+        public_key: B64.encode(journal.public_key().as_bytes()),
+    })?
+    .actor("system");
+    journal.append_one(started).await?;
+    let state = AppState { journal: journal.clone(), admin: Arc::new(admin) };
+    let router = app(state, &config);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, node_id = %journal.node_id(), "isnad listening");
+    // The one line scripts and tests wait for.
+    println!("isnad listening on http://{addr}");
+    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("shutting down: checkpointing the journal");
+    journal.shutdown().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// SHA-256 helper shared with the auth module.
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}

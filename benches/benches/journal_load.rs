@@ -153,6 +153,9 @@ fn open_loop(rt: &Runtime, journal: &Journal, interval: Duration, d: &Durations)
         if i as u64 >= warm_n {
             let scheduled = start + interval * i as u32;
             lat.push(acked.duration_since(scheduled).as_micros() as u64);
+            if std::env::var_os("ISNAD_LOAD_DEBUG").is_some() && *lat.last().unwrap_or(&0) > 5000 {
+                eprintln!("slow: t={:.3}s lat={}us", scheduled.duration_since(start).as_secs_f64(), lat.last().unwrap_or(&0));
+            }
             last_ack = last_ack.max(acked);
         }
     }

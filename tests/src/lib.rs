@@ -1,1 +1,106 @@
-//! e2e
+//! Harness for end-to-end tests: runs the real `isnad` binary on loopback and talks to it with
+//! real clients (`curl`), exactly as an operator would.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// Path of the `isnad` binary built beside the test executable (`cargo build --bins` first).
+pub fn isnad_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/isnad
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let bin = dir.join(format!("isnad{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` before the end-to-end tests", bin.display());
+    bin
+}
+
+/// Runs `isnad` with arguments and returns its output.
+pub fn isnad(args: &[&str]) -> Output {
+    Command::new(isnad_bin()).args(args).env_remove("ISNAD_CONFIG").output().expect("run isnad")
+}
+
+/// A running `isnad serve`.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Server {
+    /// Starts `isnad serve` on a free loopback port over `data_dir` with admin token `token`.
+    pub fn start(data_dir: &Path, token: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(isnad_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("ISNAD_ADMIN_KEY", token)
+            .env_remove("ISNAD_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start isnad serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("isnad listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let base = rx.recv_timeout(Duration::from_secs(60)).expect("server did not report its address");
+        Self { child, base }
+    }
+
+    /// Sends SIGTERM and waits; returns whether the process exited successfully.
+    pub fn stop(mut self) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = self.child.wait().expect("wait for isnad");
+        status.success()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP response as curl saw it.
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Body text.
+    pub body: String,
+}
+
+impl Response {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `curl` with optional bearer token and JSON body.
+pub fn curl(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Response {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}", url]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = cmd.output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    Response { status: code.trim().parse().unwrap_or(0), body: body.to_owned() }
+}

@@ -19,7 +19,9 @@ pub struct AdminToken {
 impl AdminToken {
     /// From an explicit token (config or environment).
     pub fn from_token(token: &str) -> Self {
-        Self { hash: sha256(token.as_bytes()) }
+        Self {
+            hash: sha256(token.as_bytes()),
+        }
     }
 
     /// The configured token, or the one generated earlier in `data_dir`, or a new one (printed
@@ -48,7 +50,10 @@ impl AdminToken {
     /// Constant-time comparison of a presented token's hash.
     pub fn matches(&self, token: &str) -> bool {
         let h = sha256(token.as_bytes());
-        h.iter().zip(self.hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        h.iter()
+            .zip(self.hash.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 

@@ -60,7 +60,11 @@ pub struct JournalConfig {
 
 impl Default for JournalConfig {
     fn default() -> Self {
-        Self { origin: None, checkpoint_every: 1024, checkpoint_interval_ms: 1000 }
+        Self {
+            origin: None,
+            checkpoint_every: 1024,
+            checkpoint_interval_ms: 1000,
+        }
     }
 }
 
@@ -89,9 +93,14 @@ pub struct ConfigError {
 impl Config {
     /// Loads `path` if given, else the built-in defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = path else { return Ok(Self::default()) };
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError { file: file.clone(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
         Self::parse(&text).map_err(|message| ConfigError { file, message })
     }
 
@@ -120,7 +129,10 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let c = Config::parse("[server]\nlisten = \"0.0.0.0:9000\"\n[journal]\ncheckpoint_every = 10\n").unwrap();
+        let c = Config::parse(
+            "[server]\nlisten = \"0.0.0.0:9000\"\n[journal]\ncheckpoint_every = 10\n",
+        )
+        .unwrap();
         assert_eq!(c.server.listen.port(), 9000);
         assert_eq!(c.journal.checkpoint_every, 10);
         assert_eq!(c.journal.checkpoint_interval_ms, 1000);

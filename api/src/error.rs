@@ -36,7 +36,10 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 naming a parameter.
     pub fn bad(param: &str, message: impl Into<String>) -> Self {
-        Self::BadRequest { message: message.into(), param: Some(param.to_owned()) }
+        Self::BadRequest {
+            message: message.into(),
+            param: Some(param.to_owned()),
+        }
     }
 }
 
@@ -44,8 +47,14 @@ impl From<isnad_journal::Error> for ApiError {
     fn from(e: isnad_journal::Error) -> Self {
         use isnad_journal::Error as J;
         match e {
-            J::Invalid(m) => Self::BadRequest { message: m, param: None },
-            J::Proof(p) => Self::BadRequest { message: p.to_string(), param: None },
+            J::Invalid(m) => Self::BadRequest {
+                message: m,
+                param: None,
+            },
+            J::Proof(p) => Self::BadRequest {
+                message: p.to_string(),
+                param: None,
+            },
             J::NotFound(m) => Self::NotFound(m),
             J::Closed => Self::Unavailable,
             other => Self::Internal(other.to_string()),
@@ -56,13 +65,29 @@ impl From<isnad_journal::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, code) = match &self {
-            Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request"),
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
+            Self::BadRequest { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+            ),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+            ),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
-            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "journal_unavailable"),
+            Self::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "journal_unavailable",
+            ),
             Self::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error")
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal_error",
+                )
             }
         };
         let param = match &self {

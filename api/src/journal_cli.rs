@@ -26,22 +26,29 @@ pub const EXIT_TAMPERED: i32 = 3;
 fn open_store(data_dir: &Path) -> anyhow::Result<SledStore> {
     let path = store_path(data_dir);
     if !path.exists() {
-        bail!("no journal in {} (expected {})", data_dir.display(), path.display());
+        bail!(
+            "no journal in {} (expected {})",
+            data_dir.display(),
+            path.display()
+        );
     }
     SledStore::open(&path).with_context(|| format!("opening the journal in {}", data_dir.display()))
 }
 
 fn read_key(path: &Path) -> anyhow::Result<VerifyingKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(parse_public_key(&text).with_context(|| format!("{}", path.display()))?)
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_public_key(&text).with_context(|| format!("{}", path.display()))
 }
 
 fn progress_bar(what: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(0);
     pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{what} {{bar:40}} {{pos}}/{{len}} entries ({{per_sec}}, eta {{eta}})"))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} entries ({{per_sec}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb
 }
@@ -50,9 +57,17 @@ fn report(result: Result<Summary, Problem>, json_out: bool, what: &str) -> anyho
     match result {
         Ok(s) => {
             if json_out {
-                println!("{}", json!({"ok": true, "entries": s.entries, "checkpoints": s.checkpoints, "root": B64.encode(s.root)}));
+                println!(
+                    "{}",
+                    json!({"ok": true, "entries": s.entries, "checkpoints": s.checkpoints, "root": B64.encode(s.root)})
+                );
             } else {
-                println!("OK: {what}: {} entries, {} checkpoints verified; root {}", s.entries, s.checkpoints, B64.encode(s.root));
+                println!(
+                    "OK: {what}: {} entries, {} checkpoints verified; root {}",
+                    s.entries,
+                    s.checkpoints,
+                    B64.encode(s.root)
+                );
             }
             Ok(0)
         }
@@ -60,7 +75,10 @@ fn report(result: Result<Summary, Problem>, json_out: bool, what: &str) -> anyho
             if json_out {
                 println!("{}", json!({"ok": false, "seq": p.seq, "reason": p.reason}));
             } else {
-                println!("FAILED: {what}: first bad entry is seq {}: {}", p.seq, p.reason);
+                println!(
+                    "FAILED: {what}: first bad entry is seq {}: {}",
+                    p.seq, p.reason
+                );
             }
             Ok(EXIT_TAMPERED)
         }
@@ -71,7 +89,9 @@ fn report(result: Result<Summary, Problem>, json_out: bool, what: &str) -> anyho
 pub fn verify(data_dir: &Path, public_key: Option<&Path>, json_out: bool) -> anyhow::Result<i32> {
     // Pin the key the operator exported (node.pub) unless the auditor brings their own copy.
     let default_pub = data_dir.join(PUB_FILE);
-    let key_path = public_key.map(Path::to_path_buf).or_else(|| default_pub.exists().then_some(default_pub));
+    let key_path = public_key
+        .map(Path::to_path_buf)
+        .or_else(|| default_pub.exists().then_some(default_pub));
     let pinned = key_path.as_deref().map(read_key).transpose()?;
     let store = open_store(data_dir)?;
     let pb = progress_bar("verifying");
@@ -80,7 +100,11 @@ pub fn verify(data_dir: &Path, public_key: Option<&Path>, json_out: bool) -> any
         pb.set_position(done);
     })?;
     pb.finish_and_clear();
-    report(result, json_out, &format!("journal in {}", data_dir.display()))
+    report(
+        result,
+        json_out,
+        &format!("journal in {}", data_dir.display()),
+    )
 }
 
 /// `journal export`: the whole log as self-contained JSONL.
@@ -88,7 +112,9 @@ pub fn export(data_dir: &Path, output: Option<&Path>) -> anyhow::Result<i32> {
     let store = open_store(data_dir)?;
     let n = match output {
         Some(p) if p != Path::new("-") => {
-            let mut f = std::io::BufWriter::new(File::create(p).with_context(|| format!("creating {}", p.display()))?);
+            let mut f = std::io::BufWriter::new(
+                File::create(p).with_context(|| format!("creating {}", p.display()))?,
+            );
             let n = export_store(&store, None, &mut f)?;
             f.flush()?;
             f.get_ref().sync_all()?;
@@ -108,38 +134,59 @@ fn open_input(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     if path == Path::new("-") {
         Ok(Box::new(BufReader::new(std::io::stdin())))
     } else {
-        Ok(Box::new(BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)))
+        Ok(Box::new(BufReader::new(
+            File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        )))
     }
 }
 
 /// `journal verify-export`: an export file, with only the file (and ideally a pinned key).
-pub fn verify_export_file(file: &Path, public_key: Option<&Path>, checkpoint: Option<&Path>, json_out: bool) -> anyhow::Result<i32> {
+pub fn verify_export_file(
+    file: &Path,
+    public_key: Option<&Path>,
+    checkpoint: Option<&Path>,
+    json_out: bool,
+) -> anyhow::Result<i32> {
     let pinned = public_key.map(read_key).transpose()?;
     let note = checkpoint
         .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
     let mut input = open_input(file)?;
     let pb = progress_bar("verifying");
-    let result = verify_export(&mut input, pinned.as_ref(), note.as_deref(), &mut |done, total| {
-        pb.set_length(total);
-        pb.set_position(done);
-    });
+    let result = verify_export(
+        &mut input,
+        pinned.as_ref(),
+        note.as_deref(),
+        &mut |done, total| {
+            pb.set_length(total);
+            pb.set_position(done);
+        },
+    );
     pb.finish_and_clear();
     if pinned.is_none() && result.is_ok() && !json_out {
-        eprintln!("note: no --public-key given; the export was checked against the key in its own header");
+        eprintln!(
+            "note: no --public-key given; the export was checked against the key in its own header"
+        );
     }
     report(result, json_out, &format!("export {}", file.display()))
 }
 
 /// `journal prove`: an inclusion proof bundle for one entry, from a data directory or an export.
-pub fn prove(data_dir: &Path, export: Option<&Path>, seq: u64, output: Option<&Path>) -> anyhow::Result<i32> {
+pub fn prove(
+    data_dir: &Path,
+    export: Option<&Path>,
+    seq: u64,
+    output: Option<&Path>,
+) -> anyhow::Result<i32> {
     let bundle = match export {
         Some(file) => prove_from_export(file, seq)?,
         None => prove_from_store(&open_store(data_dir)?, seq)?,
     };
     let text = serde_json::to_string_pretty(&bundle)?;
     match output {
-        Some(p) if p != Path::new("-") => std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?,
+        Some(p) if p != Path::new("-") => {
+            std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?
+        }
         _ => println!("{text}"),
     }
     Ok(0)
@@ -155,10 +202,16 @@ fn prove_from_store(store: &SledStore, seq: u64) -> anyhow::Result<InclusionBund
         .filter(|(size, _)| *size > seq)
         .with_context(|| format!("no checkpoint covers seq {seq} yet (the server checkpoints every few seconds and at shutdown)"))?;
     let entry = read_entry(store, seq)?;
-    let prev = if seq == 0 { [0u8; 32] } else { read_entry(store, seq - 1)?.hash };
+    let prev = if seq == 0 {
+        [0u8; 32]
+    } else {
+        read_entry(store, seq - 1)?.hash
+    };
     let path = tree.inclusion_proof(seq, size)?;
     let bundle = InclusionBundle::new(&entry, &prev, size, &path, &note)?;
-    bundle.verify(&key).map_err(|e| anyhow::anyhow!("the log does not prove seq {seq}: {e}"))?;
+    bundle
+        .verify(&key)
+        .map_err(|e| anyhow::anyhow!("the log does not prove seq {seq}: {e}"))?;
     Ok(bundle)
 }
 
@@ -170,7 +223,8 @@ fn read_entry(store: &dyn LogStore, seq: u64) -> anyhow::Result<Entry> {
 fn prove_from_export(file: &Path, seq: u64) -> anyhow::Result<InclusionBundle> {
     // First make sure the export is intact, then read what the proof needs.
     let mut input = open_input(file)?;
-    verify_export(&mut input, None, None, &mut |_, _| {}).map_err(|p| anyhow::anyhow!("export is not intact at seq {}: {}", p.seq, p.reason))?;
+    verify_export(&mut input, None, None, &mut |_, _| {})
+        .map_err(|p| anyhow::anyhow!("export is not intact at seq {}: {}", p.seq, p.reason))?;
     let mut tree = isnad_journal::merkle::MerkleTree::new();
     let mut entries: Vec<Option<Entry>> = Vec::new();
     let mut key = None;
@@ -179,7 +233,9 @@ fn prove_from_export(file: &Path, seq: u64) -> anyhow::Result<InclusionBundle> {
         let line = line?;
         let v: serde_json::Value = serde_json::from_str(&line)?;
         if i == 0 {
-            key = Some(parse_public_key(v["public_key"].as_str().unwrap_or_default())?);
+            key = Some(parse_public_key(
+                v["public_key"].as_str().unwrap_or_default(),
+            )?);
         } else if let Some(size) = v["checkpoint_size"].as_u64() {
             if size > seq && best.is_none() {
                 best = Some((size, v["note"].as_str().unwrap_or_default().to_owned()));
@@ -195,33 +251,62 @@ fn prove_from_export(file: &Path, seq: u64) -> anyhow::Result<InclusionBundle> {
         }
     }
     let key = key.context("export has no header")?;
-    let (size, note) = best.with_context(|| format!("no checkpoint in the export covers seq {seq}"))?;
-    let entry = entries.get(seq as usize).cloned().flatten().with_context(|| format!("no entry {seq} in the export"))?;
-    let prev = if seq == 0 { [0u8; 32] } else { entries[seq as usize - 1].as_ref().map(|e| e.hash).unwrap_or_default() };
+    let (size, note) =
+        best.with_context(|| format!("no checkpoint in the export covers seq {seq}"))?;
+    let entry = entries
+        .get(seq as usize)
+        .cloned()
+        .flatten()
+        .with_context(|| format!("no entry {seq} in the export"))?;
+    let prev = if seq == 0 {
+        [0u8; 32]
+    } else {
+        entries[seq as usize - 1]
+            .as_ref()
+            .map(|e| e.hash)
+            .unwrap_or_default()
+    };
     let path = tree.inclusion_proof(seq, size)?;
     let bundle = InclusionBundle::new(&entry, &prev, size, &path, &note)?;
-    bundle.verify(&key).map_err(|e| anyhow::anyhow!("the export does not prove seq {seq}: {e}"))?;
+    bundle
+        .verify(&key)
+        .map_err(|e| anyhow::anyhow!("the export does not prove seq {seq}: {e}"))?;
     Ok(bundle)
 }
 
 /// `journal verify-proof`: checks a proof bundle against the node's public key.
 pub fn verify_proof(file: &Path, public_key: &Path, json_out: bool) -> anyhow::Result<i32> {
     let key = read_key(public_key)?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let bundle: InclusionBundle = serde_json::from_str(&text).with_context(|| format!("{} is not a proof bundle", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let bundle: InclusionBundle = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a proof bundle", file.display()))?;
     let result: Result<Checkpoint, String> = bundle.verify(&key);
     match result {
         Ok(cp) => {
             if json_out {
-                println!("{}", json!({"ok": true, "seq": bundle.seq, "tree_size": cp.size, "root": B64.encode(cp.root), "origin": cp.origin}));
+                println!(
+                    "{}",
+                    json!({"ok": true, "seq": bundle.seq, "tree_size": cp.size, "root": B64.encode(cp.root), "origin": cp.origin})
+                );
             } else {
-                println!("OK: seq {} is entry {} of the {} entries signed at root {} by {}", bundle.seq, bundle.seq, cp.size, B64.encode(cp.root), cp.origin);
+                println!(
+                    "OK: seq {} is entry {} of the {} entries signed at root {} by {}",
+                    bundle.seq,
+                    bundle.seq,
+                    cp.size,
+                    B64.encode(cp.root),
+                    cp.origin
+                );
             }
             Ok(0)
         }
         Err(reason) => {
             if json_out {
-                println!("{}", json!({"ok": false, "seq": bundle.seq, "reason": reason}));
+                println!(
+                    "{}",
+                    json!({"ok": false, "seq": bundle.seq, "reason": reason})
+                );
             } else {
                 println!("FAILED: proof for seq {}: {reason}", bundle.seq);
             }
@@ -239,7 +324,13 @@ pub enum TailSource {
 }
 
 /// `journal tail`: the last entries (or from a seq), optionally one kind.
-pub fn tail(source: TailSource, from: Option<u64>, count: u64, kind: Option<&str>, json_out: bool) -> anyhow::Result<i32> {
+pub fn tail(
+    source: TailSource,
+    from: Option<u64>,
+    count: u64,
+    kind: Option<&str>,
+    json_out: bool,
+) -> anyhow::Result<i32> {
     let mut entries: Vec<Entry> = Vec::new();
     match source {
         TailSource::Dir(dir) => {
@@ -247,16 +338,20 @@ pub fn tail(source: TailSource, from: Option<u64>, count: u64, kind: Option<&str
             let total = store.next_seq()?;
             let start = from.unwrap_or_else(|| total.saturating_sub(count));
             let mut err = None;
-            store.scan(start, total, &mut |seq, bytes| match Entry::from_stored(seq, bytes) {
-                Ok(e) => {
-                    entries.push(e);
-                    true
-                }
-                Err(reason) => {
-                    err = Some(anyhow::anyhow!("entry {seq}: {reason}"));
-                    false
-                }
-            })?;
+            store.scan(
+                start,
+                total,
+                &mut |seq, bytes| match Entry::from_stored(seq, bytes) {
+                    Ok(e) => {
+                        entries.push(e);
+                        true
+                    }
+                    Err(reason) => {
+                        err = Some(anyhow::anyhow!("entry {seq}: {reason}"));
+                        false
+                    }
+                },
+            )?;
             if let Some(e) = err {
                 return Err(e);
             }
@@ -264,7 +359,9 @@ pub fn tail(source: TailSource, from: Option<u64>, count: u64, kind: Option<&str
         TailSource::Export(file) => {
             for line in open_input(&file)?.lines().skip(1) {
                 let v: serde_json::Value = serde_json::from_str(&line?)?;
-                let Some(seq) = v["seq"].as_u64() else { continue };
+                let Some(seq) = v["seq"].as_u64() else {
+                    continue;
+                };
                 let mut stored = hex::decode(v["hash"].as_str().unwrap_or_default())?;
                 stored.extend(B64.decode(v["sig"].as_str().unwrap_or_default())?);
                 stored.extend(B64.decode(v["event"].as_str().unwrap_or_default())?);
@@ -276,7 +373,10 @@ pub fn tail(source: TailSource, from: Option<u64>, count: u64, kind: Option<&str
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for e in entries.iter().filter(|e| kind.is_none_or(|k| e.event.kind == k)) {
+    for e in entries
+        .iter()
+        .filter(|e| kind.is_none_or(|k| e.event.kind == k))
+    {
         if json_out {
             writeln!(out, "{}", serde_json::to_string(&e.event.to_json())?)?;
         } else {

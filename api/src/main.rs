@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use isnad_api::{config::Config, journal_cli};
 
 #[derive(Parser)]
-#[command(name = "isnad", version, about = "Sovereign AI gateway with a signed, verifiable activity journal")]
+#[command(
+    name = "isnad",
+    version,
+    about = "Sovereign AI gateway with a signed, verifiable activity journal"
+)]
 struct Cli {
     /// Configuration file (TOML); built-in defaults when absent.
     #[arg(long, env = "ISNAD_CONFIG", global = true)]
@@ -129,7 +133,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 config.server.admin_token = admin_key;
             }
             let listen = listen.unwrap_or(config.server.listen);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(isnad_api::server::serve(config, &cli.data_dir, listen))?;
             Ok(0)
         }
@@ -137,14 +143,38 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             init_tracing("warn");
             let dir = &cli.data_dir;
             match command {
-                JournalCommand::Verify { public_key, json } => journal_cli::verify(dir, public_key.as_deref(), json),
-                JournalCommand::Export { output } => journal_cli::export(dir, output.as_deref()),
-                JournalCommand::VerifyExport { file, public_key, checkpoint, json } => {
-                    journal_cli::verify_export_file(&file, public_key.as_deref(), checkpoint.as_deref(), json)
+                JournalCommand::Verify { public_key, json } => {
+                    journal_cli::verify(dir, public_key.as_deref(), json)
                 }
-                JournalCommand::Prove { seq, export, output } => journal_cli::prove(dir, export.as_deref(), seq, output.as_deref()),
-                JournalCommand::VerifyProof { file, public_key, json } => journal_cli::verify_proof(&file, &public_key, json),
-                JournalCommand::Tail { from, count, kind, export, json } => {
+                JournalCommand::Export { output } => journal_cli::export(dir, output.as_deref()),
+                JournalCommand::VerifyExport {
+                    file,
+                    public_key,
+                    checkpoint,
+                    json,
+                } => journal_cli::verify_export_file(
+                    &file,
+                    public_key.as_deref(),
+                    checkpoint.as_deref(),
+                    json,
+                ),
+                JournalCommand::Prove {
+                    seq,
+                    export,
+                    output,
+                } => journal_cli::prove(dir, export.as_deref(), seq, output.as_deref()),
+                JournalCommand::VerifyProof {
+                    file,
+                    public_key,
+                    json,
+                } => journal_cli::verify_proof(&file, &public_key, json),
+                JournalCommand::Tail {
+                    from,
+                    count,
+                    kind,
+                    export,
+                    json,
+                } => {
                     let source = match export {
                         Some(f) => journal_cli::TailSource::Export(f),
                         None => journal_cli::TailSource::Dir(dir.clone()),

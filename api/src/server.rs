@@ -43,11 +43,18 @@ pub fn app(state: AppState, config: &Config) -> Router {
         .route("/readyz", get(readyz))
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .layer(axum::extract::DefaultBodyLimit::max(config.server.max_body_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            config.server.max_body_bytes,
+        ))
         .with_state(state)
 }
 
-async fn require_admin(State(state): State<AppState>, headers: HeaderMap, req: Request, next: Next) -> Response {
+async fn require_admin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -63,7 +70,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.journal.checkpoint_now().await.is_ok() {
         Json(json!({"status": "ready", "entries": state.journal.durable_len()})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable"})),
+        )
+            .into_response()
     }
 }
 
@@ -111,8 +122,14 @@ fn parse_time(param: &str, s: &str) -> Result<i64, ApiError> {
         .map_err(|e| ApiError::bad(param, format!("{param} must be an RFC 3339 time: {e}")))
 }
 
-async fn logs_get(State(state): State<AppState>, q: Result<Query<LogQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::BadRequest { message: e.body_text(), param: None })?;
+async fn logs_get(
+    State(state): State<AppState>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest {
+        message: e.body_text(),
+        param: None,
+    })?;
     query_logs(&state.journal, q).map(Json)
 }
 
@@ -120,7 +137,10 @@ async fn logs_post(State(state): State<AppState>, body: Bytes) -> Result<Json<Va
     let q: LogQuery = if body.is_empty() {
         LogQuery::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest { message: format!("invalid JSON body: {e}"), param: None })?
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
+            message: format!("invalid JSON body: {e}"),
+            param: None,
+        })?
     };
     query_logs(&state.journal, q).map(Json)
 }
@@ -129,7 +149,10 @@ async fn logs_post(State(state): State<AppState>, body: Bytes) -> Result<Json<Va
 pub fn query_logs(journal: &Journal, q: LogQuery) -> Result<Value, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::bad("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::bad(
+            "limit",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        ));
     }
     let durable = journal.durable_len();
     let mut from = q.from_seq.unwrap_or(0);
@@ -149,14 +172,19 @@ pub fn query_logs(journal: &Journal, q: LogQuery) -> Result<Value, ApiError> {
     let matches = |e: &isnad_schemas::Event| {
         q.kind.as_ref().is_none_or(|k| *k == e.kind)
             && q.team.as_ref().is_none_or(|t| Some(t) == e.team.as_ref())
-            && q.request_id.as_ref().is_none_or(|r| Some(r) == e.request_id.as_ref())
+            && q.request_id
+                .as_ref()
+                .is_none_or(|r| Some(r) == e.request_id.as_ref())
             && q.actor.as_ref().is_none_or(|a| Some(a) == e.actor.as_ref())
     };
     if from < scan_to {
         journal.scan(from, scan_to, &mut |entry| {
             last_seen = Some(entry.seq);
             if matches(&entry.event) {
-                data.push(LogEntry { event: entry.event.to_json(), hash: hex::encode(entry.hash) });
+                data.push(LogEntry {
+                    event: entry.event.to_json(),
+                    hash: hex::encode(entry.hash),
+                });
             }
             data.len() < limit
         })?;
@@ -177,7 +205,11 @@ pub fn query_logs(journal: &Journal, q: LogQuery) -> Result<Value, ApiError> {
 async fn checkpoint(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let (cp, note) = match state.journal.latest_checkpoint() {
         Some(c) if c.0.size == state.journal.durable_len() => c,
-        _ => state.journal.checkpoint_now().await?.ok_or_else(|| ApiError::NotFound("the log is empty".into()))?,
+        _ => state
+            .journal
+            .checkpoint_now()
+            .await?
+            .ok_or_else(|| ApiError::NotFound("the log is empty".into()))?,
     };
     Ok(Json(json!({
         "origin": cp.origin,
@@ -198,29 +230,52 @@ pub struct ProofQuery {
     new_size: Option<u64>,
 }
 
-async fn proof(State(state): State<AppState>, q: Result<Query<ProofQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::BadRequest { message: e.body_text(), param: None })?;
+async fn proof(
+    State(state): State<AppState>,
+    q: Result<Query<ProofQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest {
+        message: e.body_text(),
+        param: None,
+    })?;
     let j = &state.journal;
     // Proofs are against a signed checkpoint covering everything durable.
     let (cp, note) = match j.latest_checkpoint() {
         Some(c) if c.0.size == j.durable_len() => c,
-        _ => j.checkpoint_now().await?.ok_or_else(|| ApiError::NotFound("the log is empty".into()))?,
+        _ => j
+            .checkpoint_now()
+            .await?
+            .ok_or_else(|| ApiError::NotFound("the log is empty".into()))?,
     };
     match (q.seq, q.old_size, q.new_size) {
         (Some(seq), None, None) => {
             if seq >= cp.size {
-                return Err(ApiError::bad("seq", format!("seq {seq} is beyond the {} checkpointed entries", cp.size)));
+                return Err(ApiError::bad(
+                    "seq",
+                    format!("seq {seq} is beyond the {} checkpointed entries", cp.size),
+                ));
             }
-            let entry = j.entry(seq)?.ok_or_else(|| ApiError::NotFound(format!("no entry {seq}")))?;
-            let prev = if seq == 0 { [0u8; 32] } else { j.entry(seq - 1)?.map(|e| e.hash).unwrap_or_default() };
+            let entry = j
+                .entry(seq)?
+                .ok_or_else(|| ApiError::NotFound(format!("no entry {seq}")))?;
+            let prev = if seq == 0 {
+                [0u8; 32]
+            } else {
+                j.entry(seq - 1)?.map(|e| e.hash).unwrap_or_default()
+            };
             let path = j.inclusion_proof(seq, cp.size)?;
             let bundle = InclusionBundle::new(&entry, &prev, cp.size, &path, &note)?;
-            Ok(Json(serde_json::to_value(bundle).map_err(|e| ApiError::Internal(e.to_string()))?))
+            Ok(Json(
+                serde_json::to_value(bundle).map_err(|e| ApiError::Internal(e.to_string()))?,
+            ))
         }
         (None, Some(old), new) => {
             let new = new.unwrap_or(cp.size);
             if new != cp.size {
-                return Err(ApiError::bad("new_size", format!("new_size must be the latest checkpoint size {}", cp.size)));
+                return Err(ApiError::bad(
+                    "new_size",
+                    format!("new_size must be the latest checkpoint size {}", cp.size),
+                ));
             }
             let path = j.consistency_proof(old, new)?;
             Ok(Json(json!({
@@ -231,7 +286,10 @@ async fn proof(State(state): State<AppState>, q: Result<Query<ProofQuery>, Query
                 "checkpoint": note,
             })))
         }
-        _ => Err(ApiError::bad("seq", "give either seq, or old_size (and optionally new_size)")),
+        _ => Err(ApiError::bad(
+            "seq",
+            "give either seq, or old_size (and optionally new_size)",
+        )),
     }
 }
 
@@ -241,10 +299,14 @@ async fn export(State(state): State<AppState>) -> Result<Response, ApiError> {
     journal.checkpoint_now().await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::task::spawn_blocking(move || {
-        let mut w = ChannelWriter { tx, buf: Vec::with_capacity(64 * 1024) };
+        let mut w = ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(64 * 1024),
+        };
         if let Err(e) = journal.export(&mut w) {
             tracing::error!(error = %e, "export failed");
-            let _ = w.tx.blocking_send(Err(std::io::Error::other("export failed")));
+            let _ =
+                w.tx.blocking_send(Err(std::io::Error::other("export failed")));
         }
         let _ = std::io::Write::flush(&mut w);
     });
@@ -275,7 +337,9 @@ impl std::io::Write for ChannelWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             let chunk = Bytes::from(std::mem::take(&mut self.buf));
-            self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("client went away"))?;
+            self.tx
+                .blocking_send(Ok(chunk))
+                .map_err(|_| std::io::Error::other("client went away"))?;
         }
         Ok(())
     }
@@ -293,14 +357,19 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     })?
     .actor("system");
     journal.append_one(started).await?;
-    let state = AppState { journal: journal.clone(), admin: Arc::new(admin) };
+    let state = AppState {
+        journal: journal.clone(),
+        admin: Arc::new(admin),
+    };
     let router = app(state, &config);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node_id = %journal.node_id(), "isnad listening");
     // The one line scripts and tests wait for.
     println!("isnad listening on http://{addr}");
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("shutting down: checkpointing the journal");
     journal.shutdown().await?;
     Ok(())

@@ -59,13 +59,23 @@ pub fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
 pub fn verifier_key(name: &str, key: &VerifyingKey) -> String {
     let mut raw = vec![ALG_ED25519];
     raw.extend_from_slice(key.as_bytes());
-    format!("{}+{}+{}", name, hex::encode(key_id(name, key)), B64.encode(raw))
+    format!(
+        "{}+{}+{}",
+        name,
+        hex::encode(key_id(name, key)),
+        B64.encode(raw)
+    )
 }
 
 impl Checkpoint {
     /// The note body (the signed text).
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root)
+        )
     }
 
     /// The signed note: body, blank line, one signature line by `key` under the origin's name.
@@ -79,15 +89,23 @@ impl Checkpoint {
 
     /// Parses a signed note and checks the signature by `key` (named after the origin).
     pub fn open(note: &str, key: &VerifyingKey) -> Result<Self, NoteError> {
-        let (body, sigs) = note.split_once("\n\n").ok_or(NoteError::Malformed("no blank line"))?;
+        let (body, sigs) = note
+            .split_once("\n\n")
+            .ok_or(NoteError::Malformed("no blank line"))?;
         let body = format!("{body}\n");
         let cp = Self::parse_body(&body)?;
         let want_id = key_id(&cp.origin, key);
         let mut found = false;
         for line in sigs.lines() {
-            let rest = line.strip_prefix("\u{2014} ").ok_or(NoteError::Malformed("signature line"))?;
-            let (name, b64) = rest.split_once(' ').ok_or(NoteError::Malformed("signature line"))?;
-            let blob = B64.decode(b64).map_err(|_| NoteError::Malformed("signature base64"))?;
+            let rest = line
+                .strip_prefix("\u{2014} ")
+                .ok_or(NoteError::Malformed("signature line"))?;
+            let (name, b64) = rest
+                .split_once(' ')
+                .ok_or(NoteError::Malformed("signature line"))?;
+            let blob = B64
+                .decode(b64)
+                .map_err(|_| NoteError::Malformed("signature base64"))?;
             if name != cp.origin || blob.len() != 68 || blob[..4] != want_id {
                 continue;
             }
@@ -109,7 +127,10 @@ impl Checkpoint {
 
     fn parse_body(body: &str) -> Result<Self, NoteError> {
         let mut lines = body.split('\n');
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or(NoteError::Malformed("origin"))?;
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or(NoteError::Malformed("origin"))?;
         let size_line = lines.next().ok_or(NoteError::Malformed("size"))?;
         // Canonical decimal only: no sign, no leading zeros.
         if size_line.is_empty()
@@ -118,7 +139,9 @@ impl Checkpoint {
         {
             return Err(NoteError::Malformed("size"));
         }
-        let size = size_line.parse().map_err(|_| NoteError::Malformed("size"))?;
+        let size = size_line
+            .parse()
+            .map_err(|_| NoteError::Malformed("size"))?;
         let root_line = lines.next().ok_or(NoteError::Malformed("root"))?;
         let root: Hash = B64
             .decode(root_line)
@@ -128,7 +151,11 @@ impl Checkpoint {
         if B64.encode(root) != root_line {
             return Err(NoteError::Malformed("root"));
         }
-        Ok(Self { origin: origin.to_owned(), size, root })
+        Ok(Self {
+            origin: origin.to_owned(),
+            size,
+            root,
+        })
     }
 }
 
@@ -142,24 +169,39 @@ mod tests {
 
     #[test]
     fn sign_then_open() {
-        let cp = Checkpoint { origin: "isnad.local/abc".into(), size: 12, root: [4u8; 32] };
+        let cp = Checkpoint {
+            origin: "isnad.local/abc".into(),
+            size: 12,
+            root: [4u8; 32],
+        };
         let note = cp.sign(&key());
         assert_eq!(Checkpoint::open(&note, &key().verifying_key()).unwrap(), cp);
     }
 
     #[test]
     fn any_edit_is_refused() {
-        let cp = Checkpoint { origin: "isnad.local/abc".into(), size: 12, root: [4u8; 32] };
+        let cp = Checkpoint {
+            origin: "isnad.local/abc".into(),
+            size: 12,
+            root: [4u8; 32],
+        };
         let note = cp.sign(&key());
         let other = SigningKey::from_bytes(&[8u8; 32]);
         assert!(Checkpoint::open(&note, &other.verifying_key()).is_err());
-        assert!(Checkpoint::open(&note.replace("\n12\n", "\n13\n"), &key().verifying_key()).is_err());
-        assert!(Checkpoint::open(&note.replace("\n12\n", "\n012\n"), &key().verifying_key()).is_err());
+        assert!(
+            Checkpoint::open(&note.replace("\n12\n", "\n13\n"), &key().verifying_key()).is_err()
+        );
+        assert!(
+            Checkpoint::open(&note.replace("\n12\n", "\n012\n"), &key().verifying_key()).is_err()
+        );
         for i in 0..note.len() {
             let mut b = note.clone().into_bytes();
             b[i] ^= 0x20;
             if let Ok(s) = String::from_utf8(b) {
-                assert!(Checkpoint::open(&s, &key().verifying_key()).is_err(), "flip at {i}");
+                assert!(
+                    Checkpoint::open(&s, &key().verifying_key()).is_err(),
+                    "flip at {i}"
+                );
             }
         }
     }

@@ -40,7 +40,13 @@ impl Entry {
         let canonical = event.canonical_bytes()?;
         let hash = entry_hash(event.seq, prev, &canonical);
         let sig = key.sign(&hash).to_bytes();
-        Ok(Self { seq: event.seq, hash, sig, canonical, event })
+        Ok(Self {
+            seq: event.seq,
+            hash,
+            sig,
+            canonical,
+            event,
+        })
     }
 
     /// The stored form: hash ‖ signature ‖ canonical bytes.
@@ -58,9 +64,18 @@ impl Entry {
         let (hash, sig, canonical) = split_stored(bytes)?;
         let event = Event::from_canonical(canonical).map_err(|e| e.to_string())?;
         if event.seq != seq {
-            return Err(format!("entry stored at seq {seq} holds an event for seq {}", event.seq));
+            return Err(format!(
+                "entry stored at seq {seq} holds an event for seq {}",
+                event.seq
+            ));
         }
-        Ok(Self { seq, hash, sig, canonical: canonical.to_vec(), event })
+        Ok(Self {
+            seq,
+            hash,
+            sig,
+            canonical: canonical.to_vec(),
+            event,
+        })
     }
 
     /// Leaf hash of this entry in the Merkle tree.

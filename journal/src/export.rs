@@ -83,11 +83,17 @@ pub fn store_identity(store: &dyn LogStore) -> Result<(VerifyingKey, String)> {
         .meta("public_key")?
         .and_then(|k| <[u8; 32]>::try_from(k).ok())
         .and_then(|k| VerifyingKey::from_bytes(&k).ok())
-        .ok_or(Error::Corrupt { seq: 0, reason: "no valid public key recorded in the log".into() })?;
+        .ok_or(Error::Corrupt {
+            seq: 0,
+            reason: "no valid public key recorded in the log".into(),
+        })?;
     let origin = store
         .meta("origin")?
         .and_then(|o| String::from_utf8(o).ok())
-        .ok_or(Error::Corrupt { seq: 0, reason: "no origin recorded in the log".into() })?;
+        .ok_or(Error::Corrupt {
+            seq: 0,
+            reason: "no origin recorded in the log".into(),
+        })?;
     Ok((key, origin))
 }
 
@@ -145,9 +151,18 @@ pub fn export_store(store: &dyn LogStore, upto: Option<u64>, out: &mut dyn Write
         origin,
         entries: total,
     };
-    let io = |e: std::io::Error| Error::Io { path: "export".into(), source: e };
-    writeln!(out, "{}", serde_json::to_string(&header).map_err(|e| Error::Invalid(e.to_string()))?).map_err(io)?;
-    let checkpoints: std::collections::BTreeMap<u64, String> = store.checkpoints()?.into_iter().collect();
+    let io = |e: std::io::Error| Error::Io {
+        path: "export".into(),
+        source: e,
+    };
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string(&header).map_err(|e| Error::Invalid(e.to_string()))?
+    )
+    .map_err(io)?;
+    let checkpoints: std::collections::BTreeMap<u64, String> =
+        store.checkpoints()?.into_iter().collect();
     let mut err: Option<Error> = None;
     store.scan(0, total, &mut |seq, bytes| {
         let entry = match Entry::from_stored(seq, bytes) {
@@ -160,7 +175,10 @@ pub fn export_store(store: &dyn LogStore, upto: Option<u64>, out: &mut dyn Write
         let mut write = || -> std::io::Result<()> {
             writeln!(out, "{}", render_entry(&entry))?;
             if let Some(note) = checkpoints.get(&(seq + 1)) {
-                let line = CheckpointLine { checkpoint_size: seq + 1, note: note.clone() };
+                let line = CheckpointLine {
+                    checkpoint_size: seq + 1,
+                    note: note.clone(),
+                };
                 writeln!(out, "{}", serde_json::to_string(&line).unwrap_or_default())?;
             }
             Ok(())
@@ -200,11 +218,21 @@ pub fn verify_export(
     let key = parse_public_key(&header.public_key).map_err(|e| at(0, format!("header: {e}")))?;
     if let Some(p) = pinned_key {
         if *p != key {
-            return Err(at(0, format!("export is signed by {} but {} was expected", header.public_key, B64.encode(p.as_bytes()))));
+            return Err(at(
+                0,
+                format!(
+                    "export is signed by {} but {} was expected",
+                    header.public_key,
+                    B64.encode(p.as_bytes())
+                ),
+            ));
         }
     }
     if header.verifier_key != verifier_key(&header.origin, &key) {
-        return Err(at(0, "header verifier key does not match origin and public key".into()));
+        return Err(at(
+            0,
+            "header verifier key does not match origin and public key".into(),
+        ));
     }
     let pinned_cp = match pinned_checkpoint {
         Some(note) => Some(
@@ -222,20 +250,28 @@ pub fn verify_export(
         let expected = v.next_seq();
         let line = line.map_err(|e| at(expected, format!("cannot read line: {e}")))?;
         if line.starts_with("{\"checkpoint_size\"") {
-            let cp: CheckpointLine =
-                serde_json::from_str(&line).map_err(|e| at(expected.saturating_sub(1), format!("bad checkpoint line: {e}")))?;
+            let cp: CheckpointLine = serde_json::from_str(&line).map_err(|e| {
+                at(
+                    expected.saturating_sub(1),
+                    format!("bad checkpoint line: {e}"),
+                )
+            })?;
             if cp.checkpoint_size != expected {
                 let seq = expected.min(cp.checkpoint_size);
                 return Err(at(seq, format!("checkpoint for size {} found after {expected} entries: entries missing or out of place", cp.checkpoint_size)));
             }
             let rendered = serde_json::to_string(&cp).unwrap_or_default();
             if rendered != line {
-                return Err(at(expected.saturating_sub(1), "checkpoint line is not in canonical form".into()));
+                return Err(at(
+                    expected.saturating_sub(1),
+                    "checkpoint line is not in canonical form".into(),
+                ));
             }
             v.check_checkpoint_now(&cp.note)?;
             continue;
         }
-        let parsed: EntryLine = serde_json::from_str(&line).map_err(|e| at(expected, format!("bad entry line: {e}")))?;
+        let parsed: EntryLine = serde_json::from_str(&line)
+            .map_err(|e| at(expected, format!("bad entry line: {e}")))?;
         if parsed.seq != expected {
             // Let the verifier word it (missing vs out of order), with the right seq.
             v.push(parsed.seq, &[])?;
@@ -243,7 +279,9 @@ pub fn verify_export(
         let stored = (|| -> Result<Vec<u8>, String> {
             let hash = hex::decode(&parsed.hash).map_err(|e| format!("hash: {e}"))?;
             let sig = B64.decode(&parsed.sig).map_err(|e| format!("sig: {e}"))?;
-            let event = B64.decode(&parsed.event).map_err(|e| format!("event: {e}"))?;
+            let event = B64
+                .decode(&parsed.event)
+                .map_err(|e| format!("event: {e}"))?;
             if hash.len() != 32 || sig.len() != 64 {
                 return Err("hash or signature has the wrong length".into());
             }
@@ -258,13 +296,19 @@ pub fn verify_export(
         if render_entry(&entry) != line {
             return Err(at(expected, "entry line differs from its canonical rendering (the view or the encoding was edited)".into()));
         }
-        if expected % 8192 == 0 {
+        if expected.is_multiple_of(8192) {
             progress(expected, header.entries);
         }
     }
     let summary = v.finish()?;
     if summary.entries != header.entries {
-        return Err(at(summary.entries.min(header.entries), format!("header announces {} entries, export holds {}", header.entries, summary.entries)));
+        return Err(at(
+            summary.entries.min(header.entries),
+            format!(
+                "header announces {} entries, export holds {}",
+                header.entries, summary.entries
+            ),
+        ));
     }
     progress(summary.entries, header.entries);
     Ok(summary)
@@ -278,7 +322,10 @@ pub fn tree_of(store: &dyn LogStore) -> Result<crate::merkle::MerkleTree> {
     let mut err = None;
     store.scan(0, total, &mut |seq, bytes| {
         if seq != tree.size() {
-            err = Some(Error::Corrupt { seq: tree.size(), reason: "entry missing".into() });
+            err = Some(Error::Corrupt {
+                seq: tree.size(),
+                reason: "entry missing".into(),
+            });
             return false;
         }
         match crate::entry::split_stored(bytes) {
@@ -322,7 +369,13 @@ pub struct InclusionBundle {
 
 impl InclusionBundle {
     /// Assembles a bundle.
-    pub fn new(entry: &Entry, prev_hash: &crate::merkle::Hash, tree_size: u64, proof: &[crate::merkle::Hash], checkpoint: &str) -> Result<Self> {
+    pub fn new(
+        entry: &Entry,
+        prev_hash: &crate::merkle::Hash,
+        tree_size: u64,
+        proof: &[crate::merkle::Hash],
+        checkpoint: &str,
+    ) -> Result<Self> {
         let line = render_entry(entry);
         Ok(Self {
             format: PROOF_FORMAT.into(),
@@ -341,12 +394,19 @@ impl InclusionBundle {
         if self.format != PROOF_FORMAT {
             return Err(format!("unknown proof format {}", self.format));
         }
-        let line: EntryLine = serde_json::from_value(self.entry.clone()).map_err(|e| format!("entry: {e}"))?;
+        let line: EntryLine =
+            serde_json::from_value(self.entry.clone()).map_err(|e| format!("entry: {e}"))?;
         if line.seq != self.seq {
-            return Err(format!("bundle is for seq {} but holds entry {}", self.seq, line.seq));
+            return Err(format!(
+                "bundle is for seq {} but holds entry {}",
+                self.seq, line.seq
+            ));
         }
         let hex32 = |s: &str, what: &str| -> Result<crate::merkle::Hash, String> {
-            hex::decode(s).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| format!("{what} is not 32 hex bytes"))
+            hex::decode(s)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| format!("{what} is not 32 hex bytes"))
         };
         let prev = hex32(&self.prev_hash, "prev_hash")?;
         let canonical = B64.decode(&line.event).map_err(|e| format!("event: {e}"))?;
@@ -354,22 +414,34 @@ impl InclusionBundle {
         if hex::encode(hash) != line.hash {
             return Err("entry hash does not match its event, position and previous hash".into());
         }
-        let sig: [u8; 64] = B64.decode(&line.sig).ok().and_then(|s| s.try_into().ok()).ok_or("sig is not 64 base64 bytes")?;
+        let sig: [u8; 64] = B64
+            .decode(&line.sig)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or("sig is not 64 base64 bytes")?;
         key.verify_strict(&hash, &ed25519_dalek::Signature::from_bytes(&sig))
             .map_err(|_| "entry signature does not verify with the node key".to_owned())?;
         let mut stored = hash.to_vec();
         stored.extend_from_slice(&sig);
         stored.extend_from_slice(&canonical);
         let entry = Entry::from_stored(self.seq, &stored)?;
-        let rendered: serde_json::Value = serde_json::from_str(&render_entry(&entry)).map_err(|e| e.to_string())?;
+        let rendered: serde_json::Value =
+            serde_json::from_str(&render_entry(&entry)).map_err(|e| e.to_string())?;
         if rendered != self.entry {
             return Err("entry view differs from its signed bytes".into());
         }
         let cp = Checkpoint::open(&self.checkpoint, key).map_err(|e| format!("checkpoint: {e}"))?;
         if cp.size != self.tree_size {
-            return Err(format!("checkpoint is for size {} but the proof for size {}", cp.size, self.tree_size));
+            return Err(format!(
+                "checkpoint is for size {} but the proof for size {}",
+                cp.size, self.tree_size
+            ));
         }
-        let proof = self.proof.iter().map(|p| hex32(p, "proof hash")).collect::<Result<Vec<_>, _>>()?;
+        let proof = self
+            .proof
+            .iter()
+            .map(|p| hex32(p, "proof hash"))
+            .collect::<Result<Vec<_>, _>>()?;
         crate::merkle::verify_inclusion(self.seq, self.tree_size, &entry.leaf(), &proof, &cp.root)
             .map_err(|e| format!("inclusion proof: {e}"))?;
         Ok(cp)

@@ -92,15 +92,30 @@ pub enum Watermark {
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 
 enum Cmd {
-    Append { events: Vec<NewEvent>, durable: bool, reply: Reply },
-    Checkpoint { reply: oneshot::Sender<Result<Option<(Checkpoint, String)>>> },
-    Shutdown { reply: oneshot::Sender<Result<()>> },
+    Append {
+        events: Vec<NewEvent>,
+        durable: bool,
+        reply: Reply,
+    },
+    Checkpoint {
+        reply: oneshot::Sender<Result<Option<(Checkpoint, String)>>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 enum FlushJob {
-    Flush { upto: u64, waiters: Vec<(Reply, Vec<Receipt>)> },
-    Checkpoint { reply: oneshot::Sender<Result<Option<(Checkpoint, String)>>> },
-    Shutdown { reply: oneshot::Sender<Result<()>> },
+    Flush {
+        upto: u64,
+        waiters: Vec<(Reply, Vec<Receipt>)>,
+    },
+    Checkpoint {
+        reply: oneshot::Sender<Result<Option<(Checkpoint, String)>>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 struct Ring {
@@ -165,12 +180,17 @@ pub struct Journal {
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("origin", &self.handle.shared.origin).finish()
+        f.debug_struct("Journal")
+            .field("origin", &self.handle.shared.origin)
+            .finish()
     }
 }
 
 fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// Path of the sled database inside a data directory.
@@ -195,16 +215,29 @@ impl Journal {
             Some(k) if k.as_slice() != public.as_bytes() => {
                 use base64::Engine as _;
                 let b64 = base64::engine::general_purpose::STANDARD;
-                return Err(Error::KeyMismatch { expected: b64.encode(&k), found: key.public_base64() });
+                return Err(Error::KeyMismatch {
+                    expected: b64.encode(&k),
+                    found: key.public_base64(),
+                });
             }
             Some(_) => {}
             None if next == 0 => store.set_meta(META_PUBLIC_KEY, public.as_bytes())?,
-            None => return Err(Error::Corrupt { seq: 0, reason: "entries exist but no public key is recorded".into() }),
+            None => {
+                return Err(Error::Corrupt {
+                    seq: 0,
+                    reason: "entries exist but no public key is recorded".into(),
+                })
+            }
         }
         let origin = match store.meta(META_ORIGIN)? {
-            Some(o) => String::from_utf8(o).map_err(|_| Error::Storage("origin is not UTF-8".into()))?,
+            Some(o) => {
+                String::from_utf8(o).map_err(|_| Error::Storage("origin is not UTF-8".into()))?
+            }
             None => {
-                let o = opts.origin.clone().unwrap_or_else(|| format!("isnad.local/{}", key.node_id()));
+                let o = opts
+                    .origin
+                    .clone()
+                    .unwrap_or_else(|| format!("isnad.local/{}", key.node_id()));
                 store.set_meta(META_ORIGIN, o.as_bytes())?;
                 o
             }
@@ -216,7 +249,11 @@ impl Journal {
             store,
             key,
             origin,
-            ring: RwLock::new(Ring { base: next, entries: VecDeque::new(), capacity: opts.ring_capacity.max(1) }),
+            ring: RwLock::new(Ring {
+                base: next,
+                entries: VecDeque::new(),
+                capacity: opts.ring_capacity.max(1),
+            }),
             opts,
             sequenced: watch::channel(next).0,
             durable: watch::channel(next).0,
@@ -226,7 +263,11 @@ impl Journal {
         });
         let (tx, rx) = mpsc::channel();
         let (ftx, frx) = mpsc::channel();
-        let seq_state = SeqState { next, prev, last_ts };
+        let seq_state = SeqState {
+            next,
+            prev,
+            last_ts,
+        };
         let s1 = shared.clone();
         let s2 = shared.clone();
         let threads = vec![
@@ -240,7 +281,11 @@ impl Journal {
                 .map_err(|e| Error::Storage(format!("cannot start flusher: {e}")))?,
         ];
         Ok(Self {
-            handle: Arc::new(Handle { shared, tx: Mutex::new(Some(tx)), threads: Mutex::new(threads) }),
+            handle: Arc::new(Handle {
+                shared,
+                tx: Mutex::new(Some(tx)),
+                threads: Mutex::new(threads),
+            }),
         })
     }
 
@@ -250,7 +295,11 @@ impl Journal {
 
     fn send(&self, cmd: Cmd) -> Result<()> {
         let guard = self.handle.tx.lock();
-        guard.as_ref().ok_or(Error::Closed)?.send(cmd).map_err(|_| Error::Closed)
+        guard
+            .as_ref()
+            .ok_or(Error::Closed)?
+            .send(cmd)
+            .map_err(|_| Error::Closed)
     }
 
     /// Appends events and resolves once they are durable. Events of one call are consecutive.
@@ -276,14 +325,22 @@ impl Journal {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Cmd::Append { events, durable, reply })?;
+        self.send(Cmd::Append {
+            events,
+            durable,
+            reply,
+        })?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
     /// Blocking append, for threads outside an async runtime.
     pub fn append_blocking(&self, events: Vec<NewEvent>) -> Result<Vec<Receipt>> {
         let (reply, rx) = oneshot::channel();
-        self.send(Cmd::Append { events, durable: true, reply })?;
+        self.send(Cmd::Append {
+            events,
+            durable: true,
+            reply,
+        })?;
         rx.blocking_recv().map_err(|_| Error::Closed)?
     }
 
@@ -347,7 +404,10 @@ impl Journal {
         let mut expected = from;
         self.shared().store.scan(from, to, &mut |seq, bytes| {
             if seq != expected {
-                err = Some(Error::Corrupt { seq: expected, reason: "entry missing".into() });
+                err = Some(Error::Corrupt {
+                    seq: expected,
+                    reason: "entry missing".into(),
+                });
                 return false;
             }
             expected += 1;
@@ -368,7 +428,12 @@ impl Journal {
             Watermark::Sequenced => self.shared().sequenced.subscribe(),
             Watermark::Durable => self.shared().durable.subscribe(),
         };
-        Subscription { journal: self.clone(), next: from, rx, buf: VecDeque::new() }
+        Subscription {
+            journal: self.clone(),
+            next: from,
+            rx,
+            buf: VecDeque::new(),
+        }
     }
 
     /// The persisted cursor of consumer `name`: the next seq it has to process.
@@ -422,7 +487,11 @@ impl Journal {
     /// Root of the tree of the first `size` durable entries.
     pub fn root(&self, size: u64) -> Result<Hash> {
         self.check_durable(size)?;
-        self.shared().tree.read().root(size).ok_or(Error::Invalid("size beyond log".into()))
+        self.shared()
+            .tree
+            .read()
+            .root(size)
+            .ok_or(Error::Invalid("size beyond log".into()))
     }
 
     /// Inclusion proof of entry `index` in the tree of `size` durable entries.
@@ -440,7 +509,9 @@ impl Journal {
     fn check_durable(&self, size: u64) -> Result<()> {
         let durable = self.durable_len();
         if size > durable {
-            return Err(Error::Invalid(format!("tree size {size} is beyond the {durable} durable entries")));
+            return Err(Error::Invalid(format!(
+                "tree size {size} is beyond the {durable} durable entries"
+            )));
         }
         Ok(())
     }
@@ -471,7 +542,8 @@ impl Journal {
         let tx = self.handle.tx.lock().take();
         let Some(tx) = tx else { return Ok(()) };
         let (reply, rx) = oneshot::channel();
-        tx.send(Cmd::Shutdown { reply }).map_err(|_| Error::Closed)?;
+        tx.send(Cmd::Shutdown { reply })
+            .map_err(|_| Error::Closed)?;
         let result = rx.await.map_err(|_| Error::Closed)?;
         let threads: Vec<_> = self.handle.threads.lock().drain(..).collect();
         for t in threads {
@@ -497,7 +569,10 @@ fn recover(
     let mut err = None;
     store.scan(0, next, &mut |seq, bytes| {
         if seq != tree.size() {
-            err = Some(Error::Corrupt { seq: tree.size(), reason: format!("entry missing (next entry found is seq {seq})") });
+            err = Some(Error::Corrupt {
+                seq: tree.size(),
+                reason: format!("entry missing (next entry found is seq {seq})"),
+            });
             return false;
         }
         match split_stored(bytes) {
@@ -515,23 +590,34 @@ fn recover(
         return Err(e);
     }
     if tree.size() != next {
-        return Err(Error::Corrupt { seq: tree.size(), reason: "entry missing".into() });
+        return Err(Error::Corrupt {
+            seq: tree.size(),
+            reason: "entry missing".into(),
+        });
     }
 
     let checkpoints = store.checkpoints()?;
     let latest = match checkpoints.last() {
         None => None,
         Some((size, note)) => {
-            let bad = |reason: String| Error::Corrupt { seq: size.saturating_sub(1), reason };
+            let bad = |reason: String| Error::Corrupt {
+                seq: size.saturating_sub(1),
+                reason,
+            };
             if *size > next {
                 return Err(Error::Corrupt {
                     seq: next,
-                    reason: format!("log ends at {next} entries but a checkpoint was signed at size {size}"),
+                    reason: format!(
+                        "log ends at {next} entries but a checkpoint was signed at size {size}"
+                    ),
                 });
             }
-            let cp = Checkpoint::open(note, key).map_err(|e| bad(format!("checkpoint at size {size}: {e}")))?;
+            let cp = Checkpoint::open(note, key)
+                .map_err(|e| bad(format!("checkpoint at size {size}: {e}")))?;
             if cp.size != *size || Some(cp.root) != tree.root(*size) {
-                return Err(bad(format!("checkpoint at size {size} does not match the entries")));
+                return Err(bad(format!(
+                    "checkpoint at size {size} does not match the entries"
+                )));
             }
             Some((cp, note.clone()))
         }
@@ -541,26 +627,39 @@ fn recover(
     let (prev, last_ts) = if start == 0 {
         (GENESIS, i64::MIN)
     } else {
-        let bytes = store.get(start - 1)?.ok_or(Error::Corrupt { seq: start - 1, reason: "entry missing".into() })?;
+        let bytes = store.get(start - 1)?.ok_or(Error::Corrupt {
+            seq: start - 1,
+            reason: "entry missing".into(),
+        })?;
         let e = decode(start - 1, &bytes)?;
         (e.hash, e.event.timestamp_us)
     };
     let mut verifier = ChainVerifier::resume(*key, start, prev, last_ts);
     let mut problem = None;
-    store.scan(start, next, &mut |seq, bytes| match verifier.push(seq, bytes) {
-        Ok(()) => true,
-        Err(p) => {
-            problem = Some(p);
-            false
-        }
-    })?;
+    store.scan(
+        start,
+        next,
+        &mut |seq, bytes| match verifier.push(seq, bytes) {
+            Ok(()) => true,
+            Err(p) => {
+                problem = Some(p);
+                false
+            }
+        },
+    )?;
     let summary = match problem {
         Some(p) => Err(p),
         None => verifier.finish(),
     }
-    .map_err(|p| Error::Corrupt { seq: p.seq, reason: p.reason })?;
+    .map_err(|p| Error::Corrupt {
+        seq: p.seq,
+        reason: p.reason,
+    })?;
     let last_ts = if next > start {
-        let bytes = store.get(next - 1)?.ok_or(Error::Corrupt { seq: next - 1, reason: "entry missing".into() })?;
+        let bytes = store.get(next - 1)?.ok_or(Error::Corrupt {
+            seq: next - 1,
+            reason: "entry missing".into(),
+        })?;
         decode(next - 1, &bytes)?.event.timestamp_us
     } else {
         last_ts
@@ -574,7 +673,12 @@ struct SeqState {
     last_ts: i64,
 }
 
-fn sequencer(shared: &Shared, rx: mpsc::Receiver<Cmd>, ftx: mpsc::Sender<FlushJob>, mut st: SeqState) {
+fn sequencer(
+    shared: &Shared,
+    rx: mpsc::Receiver<Cmd>,
+    ftx: mpsc::Sender<FlushJob>,
+    mut st: SeqState,
+) {
     let mut fatal: Option<String> = None;
     let mut flushed_upto = st.next;
     while let Ok(first) = rx.recv() {
@@ -596,7 +700,11 @@ fn sequencer(shared: &Shared, rx: mpsc::Receiver<Cmd>, ftx: mpsc::Sender<FlushJo
         let mut appends = Vec::new();
         for c in cmds {
             match c {
-                Cmd::Append { events, durable, reply } => appends.push((events, durable, reply)),
+                Cmd::Append {
+                    events,
+                    durable,
+                    reply,
+                } => appends.push((events, durable, reply)),
                 Cmd::Checkpoint { reply } => control.push(FlushJob::Checkpoint { reply }),
                 Cmd::Shutdown { reply } => control.push(FlushJob::Shutdown { reply }),
             }
@@ -626,9 +734,14 @@ fn sequencer(shared: &Shared, rx: mpsc::Receiver<Cmd>, ftx: mpsc::Sender<FlushJo
         // still become durable promptly.
         if !waiters.is_empty() || st.next > flushed_upto {
             flushed_upto = st.next;
-            let _ = ftx.send(FlushJob::Flush { upto: st.next, waiters });
+            let _ = ftx.send(FlushJob::Flush {
+                upto: st.next,
+                waiters,
+            });
         }
-        let stop = control.iter().any(|c| matches!(c, FlushJob::Shutdown { .. }));
+        let stop = control
+            .iter()
+            .any(|c| matches!(c, FlushJob::Shutdown { .. }));
         for c in control {
             let _ = ftx.send(c);
         }
@@ -649,7 +762,11 @@ fn seal_batch(
     st: &mut SeqState,
     appends: Vec<(Vec<NewEvent>, bool, Reply)>,
 ) -> Result<Ready, String> {
-    let saved = SeqState { next: st.next, prev: st.prev, last_ts: st.last_ts };
+    let saved = SeqState {
+        next: st.next,
+        prev: st.prev,
+        last_ts: st.last_ts,
+    };
     let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut ids: Vec<(EventId, u64)> = Vec::new();
     let mut sealed: Vec<Arc<Entry>> = Vec::new();
@@ -658,19 +775,31 @@ fn seal_batch(
 
     for (events, durable, reply) in appends {
         // Seal one caller's events tentatively: they go in all together or not at all.
-        let mut tmp = SeqState { next: st.next, prev: st.prev, last_ts: st.last_ts };
+        let mut tmp = SeqState {
+            next: st.next,
+            prev: st.prev,
+            last_ts: st.last_ts,
+        };
         let mut mine = Vec::new();
         let mut receipts = Vec::with_capacity(events.len());
         let mut failure = None;
         let mut mine_ids: HashMap<EventId, (u64, Hash)> = HashMap::new();
         for ev in events {
             if let Some(&(seq, hash)) = in_batch.get(&ev.id).or_else(|| mine_ids.get(&ev.id)) {
-                receipts.push(Receipt { seq, hash, duplicate: true });
+                receipts.push(Receipt {
+                    seq,
+                    hash,
+                    duplicate: true,
+                });
                 continue;
             }
             match existing(&*shared.store, &ev.id) {
                 Ok(Some((seq, hash))) => {
-                    receipts.push(Receipt { seq, hash, duplicate: true });
+                    receipts.push(Receipt {
+                        seq,
+                        hash,
+                        duplicate: true,
+                    });
                     continue;
                 }
                 Ok(None) => {}
@@ -683,9 +812,17 @@ fn seal_batch(
             let id = ev.id;
             match Entry::seal(ev.sequence(tmp.next, ts), &tmp.prev, shared.key.signing()) {
                 Ok(entry) => {
-                    receipts.push(Receipt { seq: entry.seq, hash: entry.hash, duplicate: false });
+                    receipts.push(Receipt {
+                        seq: entry.seq,
+                        hash: entry.hash,
+                        duplicate: false,
+                    });
                     mine_ids.insert(id, (entry.seq, entry.hash));
-                    tmp = SeqState { next: tmp.next + 1, prev: entry.hash, last_ts: ts };
+                    tmp = SeqState {
+                        next: tmp.next + 1,
+                        prev: entry.hash,
+                        last_ts: ts,
+                    };
                     mine.push((id, Arc::new(entry)));
                 }
                 Err(e) => {
@@ -735,14 +872,23 @@ fn seal_batch(
 }
 
 fn existing(store: &dyn LogStore, id: &EventId) -> Result<Option<(u64, Hash)>> {
-    let Some(seq) = store.seq_of(id)? else { return Ok(None) };
-    let bytes = store.get(seq)?.ok_or(Error::Corrupt { seq, reason: "indexed id without entry".into() })?;
+    let Some(seq) = store.seq_of(id)? else {
+        return Ok(None);
+    };
+    let bytes = store.get(seq)?.ok_or(Error::Corrupt {
+        seq,
+        reason: "indexed id without entry".into(),
+    })?;
     let (hash, _, _) = split_stored(&bytes).map_err(|reason| Error::Corrupt { seq, reason })?;
     Ok(Some((seq, hash)))
 }
 
 fn flusher(shared: &Shared, frx: mpsc::Receiver<FlushJob>) {
-    let mut last_cp_size = shared.latest_checkpoint.lock().as_ref().map_or(0, |(cp, _)| cp.size);
+    let mut last_cp_size = shared
+        .latest_checkpoint
+        .lock()
+        .as_ref()
+        .map_or(0, |(cp, _)| cp.size);
     let mut last_cp_at = Instant::now();
     let mut fatal: Option<String> = None;
     loop {
@@ -779,7 +925,8 @@ fn flusher(shared: &Shared, frx: mpsc::Receiver<FlushJob>) {
             && (forced
                 || durable - last_cp_size >= shared.opts.checkpoint_every
                 || last_cp_at.elapsed() >= shared.opts.checkpoint_interval);
-        let mut cp_result: Result<Option<(Checkpoint, String)>> = Ok(shared.latest_checkpoint.lock().clone());
+        let mut cp_result: Result<Option<(Checkpoint, String)>> =
+            Ok(shared.latest_checkpoint.lock().clone());
         if due && fatal.is_none() {
             cp_result = write_checkpoint(shared, durable, upto.is_none() || forced);
             match &cp_result {
@@ -829,9 +976,21 @@ fn clone_result(r: &Result<Option<(Checkpoint, String)>>) -> Result<Option<(Chec
     }
 }
 
-fn write_checkpoint(shared: &Shared, size: u64, flush: bool) -> Result<Option<(Checkpoint, String)>> {
-    let root = shared.tree.read().root(size).ok_or(Error::Invalid("checkpoint beyond tree".into()))?;
-    let cp = Checkpoint { origin: shared.origin.clone(), size, root };
+fn write_checkpoint(
+    shared: &Shared,
+    size: u64,
+    flush: bool,
+) -> Result<Option<(Checkpoint, String)>> {
+    let root = shared
+        .tree
+        .read()
+        .root(size)
+        .ok_or(Error::Invalid("checkpoint beyond tree".into()))?;
+    let cp = Checkpoint {
+        origin: shared.origin.clone(),
+        size,
+        root,
+    };
     let note = cp.sign(shared.key.signing());
     shared.store.put_checkpoint(size, &note)?;
     // On the busy path the note rides along with the next batch's flush; when idle (timer,
@@ -875,7 +1034,10 @@ impl Subscription {
                 let to = limit.min(self.next + 1024);
                 self.buf = self.journal.range(self.next, to)?.into();
                 if self.buf.is_empty() {
-                    return Err(Error::Corrupt { seq: self.next, reason: "entry missing".into() });
+                    return Err(Error::Corrupt {
+                        seq: self.next,
+                        reason: "entry missing".into(),
+                    });
                 }
                 continue;
             }

@@ -41,10 +41,16 @@ impl NodeKey {
                 .decode(text.trim())
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| Error::Key(format!("{} is not a base64 Ed25519 seed", path.display())))?;
-            Self { signing: SigningKey::from_bytes(&raw) }
+                .ok_or_else(|| {
+                    Error::Key(format!("{} is not a base64 Ed25519 seed", path.display()))
+                })?;
+            Self {
+                signing: SigningKey::from_bytes(&raw),
+            }
         } else {
-            let key = Self { signing: SigningKey::generate(&mut rand::rngs::OsRng) };
+            let key = Self {
+                signing: SigningKey::generate(&mut rand::rngs::OsRng),
+            };
             write_private(&path, &format!("{}\n", B64.encode(key.signing.to_bytes())))?;
             key
         };
@@ -100,14 +106,16 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
-    f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| Error::io(path, e))?;
     f.sync_all().map_err(|e| Error::io(path, e))
 }
 
 #[cfg(not(unix))]
 fn write_private(path: &Path, text: &str) -> Result<()> {
     let mut f = fs::File::create_new(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| Error::io(path, e))?;
     f.sync_all().map_err(|e| Error::io(path, e))
 }
 
@@ -124,7 +132,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let exported = fs::read_to_string(dir.path().join(PUB_FILE)).unwrap();

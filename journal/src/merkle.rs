@@ -85,7 +85,7 @@ impl MerkleTree {
         }
         self.levels[0].push(leaf);
         let mut level = 0;
-        while self.levels[level].len() % 2 == 0 {
+        while self.levels[level].len().is_multiple_of(2) {
             let n = self.levels[level].len();
             let parent = node_hash(&self.levels[level][n - 2], &self.levels[level][n - 1]);
             if self.levels.len() == level + 1 {
@@ -105,19 +105,25 @@ impl MerkleTree {
 
     /// Leaf hash at `index`.
     pub fn leaf(&self, index: u64) -> Option<Hash> {
-        self.levels.first().and_then(|l| l.get(index as usize)).copied()
+        self.levels
+            .first()
+            .and_then(|l| l.get(index as usize))
+            .copied()
     }
 
     /// Hash of leaves `[start, end)`, where the range is an RFC 6962 subtree: `start` is a
     /// multiple of the largest power of two not above `end - start`... or the ragged right edge.
     fn subtree(&self, start: u64, end: u64) -> Hash {
         let n = end - start;
-        if n.is_power_of_two() && start % n == 0 {
+        if n.is_power_of_two() && start.is_multiple_of(n) {
             let k = n.trailing_zeros() as usize;
             return self.levels[k][(start >> k) as usize];
         }
         let k = split_point(n);
-        node_hash(&self.subtree(start, start + k), &self.subtree(start + k, end))
+        node_hash(
+            &self.subtree(start, start + k),
+            &self.subtree(start + k, end),
+        )
     }
 
     /// Root of the tree made of the first `size` leaves.
@@ -125,13 +131,19 @@ impl MerkleTree {
         if size > self.size() {
             return None;
         }
-        Some(if size == 0 { EMPTY_ROOT } else { self.subtree(0, size) })
+        Some(if size == 0 {
+            EMPTY_ROOT
+        } else {
+            self.subtree(0, size)
+        })
     }
 
     /// RFC 6962 audit path for leaf `index` in the tree of `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
         if index >= size || size > self.size() {
-            return Err(ProofError::Invalid("leaf index must be below tree size <= log size"));
+            return Err(ProofError::Invalid(
+                "leaf index must be below tree size <= log size",
+            ));
         }
         let mut out = Vec::new();
         self.path(index, 0, size, &mut out);
@@ -221,7 +233,9 @@ impl CompactTree {
     /// Root hash of the leaves pushed so far.
     pub fn root(&self) -> Hash {
         let mut iter = self.peaks.iter().rev();
-        let Some(first) = iter.next() else { return EMPTY_ROOT };
+        let Some(first) = iter.next() else {
+            return EMPTY_ROOT;
+        };
         iter.fold(*first, |acc, left| node_hash(left, &acc))
     }
 }
@@ -239,7 +253,10 @@ pub fn verify_inclusion(
     }
     let (inner, border) = decomp_inclusion(index, size);
     if proof.len() != inner + border {
-        return Err(ProofError::WrongLength { got: proof.len(), expected: inner + border });
+        return Err(ProofError::WrongLength {
+            got: proof.len(),
+            expected: inner + border,
+        });
     }
     let mut fn_ = index;
     let mut sn = size - 1;
@@ -290,7 +307,10 @@ pub fn verify_consistency(
         return if proof.is_empty() && old_root == new_root {
             Ok(())
         } else if !proof.is_empty() {
-            Err(ProofError::WrongLength { got: proof.len(), expected: 0 })
+            Err(ProofError::WrongLength {
+                got: proof.len(),
+                expected: 0,
+            })
         } else {
             Err(ProofError::RootMismatch)
         };
@@ -299,11 +319,17 @@ pub fn verify_consistency(
         return if proof.is_empty() {
             Ok(())
         } else {
-            Err(ProofError::WrongLength { got: proof.len(), expected: 0 })
+            Err(ProofError::WrongLength {
+                got: proof.len(),
+                expected: 0,
+            })
         };
     }
     if proof.is_empty() {
-        return Err(ProofError::WrongLength { got: 0, expected: 1 });
+        return Err(ProofError::WrongLength {
+            got: 0,
+            expected: 1,
+        });
     }
     let mut path = proof.to_vec();
     if old.is_power_of_two() {

@@ -160,7 +160,8 @@ impl LogStore for SledStore {
     }
 
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
-        self.db.insert(key(CHECKPOINT, &size.to_be_bytes()), note.as_bytes())?;
+        self.db
+            .insert(key(CHECKPOINT, &size.to_be_bytes()), note.as_bytes())?;
         Ok(())
     }
 
@@ -185,11 +186,15 @@ impl LogStore for SledStore {
     }
 
     fn cursor(&self, name: &str) -> Result<Option<u64>> {
-        self.db.get(key(CURSOR, name.as_bytes()))?.map(|v| be_u64(&v)).transpose()
+        self.db
+            .get(key(CURSOR, name.as_bytes()))?
+            .map(|v| be_u64(&v))
+            .transpose()
     }
 
     fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
-        self.db.insert(key(CURSOR, name.as_bytes()), &seq.to_be_bytes())?;
+        self.db
+            .insert(key(CURSOR, name.as_bytes()), &seq.to_be_bytes())?;
         Ok(())
     }
 }
@@ -253,18 +258,30 @@ impl LogStore for MemStore {
     }
 
     fn next_seq(&self) -> Result<u64> {
-        match self.rows.lock().range(vec![ENTRY]..vec![ENTRY + 1]).next_back() {
+        match self
+            .rows
+            .lock()
+            .range(vec![ENTRY]..vec![ENTRY + 1])
+            .next_back()
+        {
             Some((k, _)) => Ok(be_u64(&k[1..])? + 1),
             None => Ok(0),
         }
     }
 
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>> {
-        self.rows.lock().get(&key(ID, &id.0)).map(|v| be_u64(v)).transpose()
+        self.rows
+            .lock()
+            .get(&key(ID, &id.0))
+            .map(|v| be_u64(v))
+            .transpose()
     }
 
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
-        self.rows.lock().insert(key(CHECKPOINT, &size.to_be_bytes()), note.as_bytes().to_vec());
+        self.rows.lock().insert(
+            key(CHECKPOINT, &size.to_be_bytes()),
+            note.as_bytes().to_vec(),
+        );
         Ok(())
     }
 
@@ -284,16 +301,24 @@ impl LogStore for MemStore {
     }
 
     fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
-        self.rows.lock().insert(key(META, name.as_bytes()), value.to_vec());
+        self.rows
+            .lock()
+            .insert(key(META, name.as_bytes()), value.to_vec());
         Ok(())
     }
 
     fn cursor(&self, name: &str) -> Result<Option<u64>> {
-        self.rows.lock().get(&key(CURSOR, name.as_bytes())).map(|v| be_u64(v)).transpose()
+        self.rows
+            .lock()
+            .get(&key(CURSOR, name.as_bytes()))
+            .map(|v| be_u64(v))
+            .transpose()
     }
 
     fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
-        self.rows.lock().insert(key(CURSOR, name.as_bytes()), seq.to_be_bytes().to_vec());
+        self.rows
+            .lock()
+            .insert(key(CURSOR, name.as_bytes()), seq.to_be_bytes().to_vec());
         Ok(())
     }
 }

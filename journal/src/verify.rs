@@ -103,7 +103,10 @@ impl ChainVerifier {
             return Err(self.fail());
         }
         let expected = self.next;
-        let fail = |reason: String| Problem { seq: expected, reason };
+        let fail = |reason: String| Problem {
+            seq: expected,
+            reason,
+        };
         if seq != expected {
             let reason = if seq > expected {
                 format!("entry missing (next entry found is seq {seq})")
@@ -117,7 +120,9 @@ impl ChainVerifier {
             let entry = Entry::from_stored(seq, stored)?;
             let want = entry_hash(seq, &self.prev, canonical);
             if want != hash {
-                return Err("hash mismatch: the event, its position or the chain was altered".to_owned());
+                return Err(
+                    "hash mismatch: the event, its position or the chain was altered".to_owned(),
+                );
             }
             if entry.event.timestamp_us < self.last_ts {
                 return Err("timestamp earlier than the previous entry's".to_owned());
@@ -154,15 +159,26 @@ impl ChainVerifier {
 
     fn check_note(&mut self, note: &str) -> Result<(), Problem> {
         let size = self.next;
-        let Some(root) = self.tree.as_ref().map(CompactTree::root) else { return Ok(()) };
-        let problem = |reason: String| Problem { seq: size.saturating_sub(1), reason };
+        let Some(root) = self.tree.as_ref().map(CompactTree::root) else {
+            return Ok(());
+        };
+        let problem = |reason: String| Problem {
+            seq: size.saturating_sub(1),
+            reason,
+        };
         let verdict = match Checkpoint::open(note, &self.key) {
             Err(e) => Err(format!("checkpoint at size {size}: {e}")),
-            Ok(cp) if cp.size != size => Err(format!("checkpoint filed at size {size} says size {}", cp.size)),
-            Ok(cp) if cp.root != root => Err(format!("checkpoint at size {size}: root does not match the entries")),
-            Ok(cp) if self.origin.as_ref().is_some_and(|o| *o != cp.origin) => {
-                Err(format!("checkpoint at size {size}: origin {} is not this log's", cp.origin))
-            }
+            Ok(cp) if cp.size != size => Err(format!(
+                "checkpoint filed at size {size} says size {}",
+                cp.size
+            )),
+            Ok(cp) if cp.root != root => Err(format!(
+                "checkpoint at size {size}: root does not match the entries"
+            )),
+            Ok(cp) if self.origin.as_ref().is_some_and(|o| *o != cp.origin) => Err(format!(
+                "checkpoint at size {size}: origin {} is not this log's",
+                cp.origin
+            )),
             Ok(_) => Ok(()),
         };
         match verdict {
@@ -183,7 +199,10 @@ impl ChainVerifier {
     fn fail(&mut self) -> Problem {
         match self.check_signatures() {
             Err(p) => p,
-            Ok(()) => self.deferred.clone().unwrap_or(Problem { seq: self.next, reason: "unknown".into() }),
+            Ok(()) => self.deferred.clone().unwrap_or(Problem {
+                seq: self.next,
+                reason: "unknown".into(),
+            }),
         }
     }
 
@@ -194,7 +213,10 @@ impl ChainVerifier {
             .par_chunks(256)
             .filter_map(|chunk| {
                 let msgs: Vec<&[u8]> = chunk.iter().map(|(_, h, _)| h.as_slice()).collect();
-                let sigs: Vec<Signature> = chunk.iter().map(|(_, _, s)| Signature::from_bytes(s)).collect();
+                let sigs: Vec<Signature> = chunk
+                    .iter()
+                    .map(|(_, _, s)| Signature::from_bytes(s))
+                    .collect();
                 let keys = vec![key; chunk.len()];
                 if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
                     return None;
@@ -208,7 +230,10 @@ impl ChainVerifier {
             .min();
         match bad {
             Some(seq) => {
-                let p = Problem { seq, reason: "signature does not verify with the node key".into() };
+                let p = Problem {
+                    seq,
+                    reason: "signature does not verify with the node key".into(),
+                };
                 self.deferred = Some(p.clone());
                 Err(p)
             }
@@ -235,7 +260,11 @@ impl ChainVerifier {
         Ok(Summary {
             entries: self.next,
             checkpoints: self.verified_checkpoints,
-            root: self.tree.as_ref().map(CompactTree::root).unwrap_or_default(),
+            root: self
+                .tree
+                .as_ref()
+                .map(CompactTree::root)
+                .unwrap_or_default(),
             last_hash: self.prev,
         })
     }

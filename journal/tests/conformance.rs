@@ -1,6 +1,8 @@
 //! The journal's conformance suite: every behaviour a stage, the API or an auditor relies on, run
 //! against each storage backend (sled on disk, and memory).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::{sync::Arc, time::Duration};
 
 use isnad_journal::{
@@ -33,7 +35,11 @@ fn key() -> NodeKey {
 }
 
 fn opts() -> Options {
-    Options { checkpoint_every: 10, checkpoint_interval: Duration::from_secs(3600), ..Options::default() }
+    Options {
+        checkpoint_every: 10,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..Options::default()
+    }
 }
 
 fn open(b: &dyn Backend, o: Options) -> Journal {
@@ -41,10 +47,13 @@ fn open(b: &dyn Backend, o: Options) -> Journal {
 }
 
 fn ev(n: u32) -> NewEvent {
-    NewEvent::new(&KeyRevoked { key_id: format!("k{n}"), reason: "test".into() })
-        .unwrap()
-        .team("t1")
-        .request_id(format!("req-{n}"))
+    NewEvent::new(&KeyRevoked {
+        key_id: format!("k{n}"),
+        reason: "test".into(),
+    })
+    .unwrap()
+    .team("t1")
+    .request_id(format!("req-{n}"))
 }
 
 async fn appends_are_consecutive_and_read_back(b: &dyn Backend) {
@@ -57,18 +66,26 @@ async fn appends_are_consecutive_and_read_back(b: &dyn Backend) {
     }
     assert_eq!(seqs, (0..25).collect::<Vec<_>>());
     let batch = j.append((25..30).map(ev).collect()).await.unwrap();
-    assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![25, 26, 27, 28, 29]);
+    assert_eq!(
+        batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![25, 26, 27, 28, 29]
+    );
     assert_eq!(j.len(), 30);
     assert_eq!(j.durable_len(), 30);
     let all = j.range(0, 100).unwrap();
     assert_eq!(all.len(), 30);
     for (i, e) in all.iter().enumerate() {
         assert_eq!(e.seq, i as u64);
-        assert_eq!(e.event.request_id.as_deref(), Some(format!("req-{i}").as_str()));
+        assert_eq!(
+            e.event.request_id.as_deref(),
+            Some(format!("req-{i}").as_str())
+        );
         let p: KeyRevoked = e.event.payload_as().unwrap();
         assert_eq!(p.key_id, format!("k{i}"));
     }
-    assert!(all.windows(2).all(|w| w[0].event.timestamp_us <= w[1].event.timestamp_us));
+    assert!(all
+        .windows(2)
+        .all(|w| w[0].event.timestamp_us <= w[1].event.timestamp_us));
     assert_eq!(j.entry(7).unwrap().unwrap().seq, 7);
     assert!(j.entry(30).unwrap().is_none());
     j.shutdown().await.unwrap();
@@ -113,7 +130,10 @@ async fn concurrent_writers_get_unique_consecutive_seqs(b: &dyn Backend) {
     let mut all = Vec::new();
     for t in tasks {
         let seqs = t.await.unwrap();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a writer's own appends keep their order");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "a writer's own appends keep their order"
+        );
         all.extend(seqs);
     }
     all.sort_unstable();
@@ -122,7 +142,13 @@ async fn concurrent_writers_get_unique_consecutive_seqs(b: &dyn Backend) {
 }
 
 async fn subscription_catches_up_from_disk_then_follows(b: &dyn Backend) {
-    let j = open(b, Options { ring_capacity: 8, ..opts() });
+    let j = open(
+        b,
+        Options {
+            ring_capacity: 8,
+            ..opts()
+        },
+    );
     j.append((0..50).map(ev).collect()).await.unwrap();
     let mut sub = j.subscribe(3, Watermark::Durable);
     for want in 3..50 {
@@ -137,7 +163,10 @@ async fn subscription_catches_up_from_disk_then_follows(b: &dyn Backend) {
         })
     };
     for want in 50..60 {
-        let e = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(e.seq, want);
     }
     writer.await.unwrap();
@@ -147,8 +176,15 @@ async fn subscription_catches_up_from_disk_then_follows(b: &dyn Backend) {
     assert_eq!(seq_sub.next().await.unwrap().seq, r[0].seq);
     j.wait_durable(r[0].seq).await.unwrap();
     j.shutdown().await.unwrap();
-    assert_eq!(sub.next().await.unwrap().seq, 60, "what is durable is still delivered");
-    assert!(sub.next().await.is_err(), "a closed journal ends its subscriptions");
+    assert_eq!(
+        sub.next().await.unwrap().seq,
+        60,
+        "what is durable is still delivered"
+    );
+    assert!(
+        sub.next().await.is_err(),
+        "a closed journal ends its subscriptions"
+    );
 }
 
 async fn cursors_persist(b: &dyn Backend) {
@@ -175,7 +211,11 @@ async fn checkpoints_and_proofs(b: &dyn Backend) {
     drop(j);
     let j = open(b, opts());
     let cps = j.checkpoints().unwrap();
-    assert!(cps.len() >= 2, "checkpoints: {:?}", cps.iter().map(|c| c.0).collect::<Vec<_>>());
+    assert!(
+        cps.len() >= 2,
+        "checkpoints: {:?}",
+        cps.iter().map(|c| c.0).collect::<Vec<_>>()
+    );
     assert_eq!(cps.last().unwrap().0, 37, "shutdown checkpoints everything");
     let (latest, note) = j.latest_checkpoint().unwrap();
     assert_eq!(latest.size, 37);
@@ -191,7 +231,10 @@ async fn checkpoints_and_proofs(b: &dyn Backend) {
         let proof = j.consistency_proof(*size, 37).unwrap();
         merkle::verify_consistency(*size, 37, &old.root, &cp.root, &proof).unwrap();
     }
-    assert!(j.inclusion_proof(0, 38).is_err(), "no proof beyond the durable log");
+    assert!(
+        j.inclusion_proof(0, 38).is_err(),
+        "no proof beyond the durable log"
+    );
     j.shutdown().await.unwrap();
 }
 
@@ -202,18 +245,25 @@ async fn another_key_is_refused(b: &dyn Backend) {
     drop(j);
     let other = NodeKey::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
     let err = Journal::open(b.store(), other, opts()).unwrap_err();
-    assert!(matches!(err, isnad_journal::Error::KeyMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, isnad_journal::Error::KeyMismatch { .. }),
+        "{err}"
+    );
 }
 
 async fn chain_continues_across_restarts_and_verifies(b: &dyn Backend) {
     for round in 0..3u32 {
         let j = open(b, opts());
         assert_eq!(j.len(), u64::from(round) * 15);
-        j.append((0..15).map(|n| ev(round * 100 + n)).collect()).await.unwrap();
+        j.append((0..15).map(|n| ev(round * 100 + n)).collect())
+            .await
+            .unwrap();
         j.shutdown().await.unwrap();
     }
     let store = b.store();
-    let summary = verify_store(&*store, None, &mut |_, _| {}).unwrap().unwrap();
+    let summary = verify_store(&*store, None, &mut |_, _| {})
+        .unwrap()
+        .unwrap();
     assert_eq!(summary.entries, 45);
     assert!(summary.checkpoints >= 3);
 }
@@ -221,7 +271,10 @@ async fn chain_continues_across_restarts_and_verifies(b: &dyn Backend) {
 async fn appends_after_shutdown_fail(b: &dyn Backend) {
     let j = open(b, opts());
     j.shutdown().await.unwrap();
-    assert!(matches!(j.append_one(ev(0)).await, Err(isnad_journal::Error::Closed)));
+    assert!(matches!(
+        j.append_one(ev(0)).await,
+        Err(isnad_journal::Error::Closed)
+    ));
 }
 
 async fn explicit_ids_and_derived_ids(b: &dyn Backend) {

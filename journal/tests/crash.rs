@@ -5,6 +5,8 @@
 //! The child is this very test binary, re-run with an environment variable that turns
 //! `crash_child_writer` from a no-op into the writer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
@@ -25,7 +27,7 @@ fn event(writer: u32, n: u64) -> NewEvent {
         endpoint: "/v1/chat/completions".into(),
         model: "auto-router".into(),
         prompt_hash: format!("sha256:{writer:08x}{n:056x}"),
-        stream: n % 2 == 0,
+        stream: n.is_multiple_of(2),
         client_ip: Some("127.0.0.1".into()),
     })
     .expect("encode")
@@ -36,8 +38,14 @@ fn event(writer: u32, n: u64) -> NewEvent {
 /// The child: not a test of its own. Without the environment variable it returns at once.
 #[test]
 fn crash_child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let opts = Options {
             checkpoint_every: 64,
@@ -60,7 +68,9 @@ fn crash_child_writer() {
                 let mut n = 0u64;
                 loop {
                     // Mostly single appends, sometimes a small batch.
-                    let batch: Vec<NewEvent> = (0..if n % 5 == 0 { 3 } else { 1 }).map(|i| event(w, n + i)).collect();
+                    let batch: Vec<NewEvent> = (0..if n.is_multiple_of(5) { 3 } else { 1 })
+                        .map(|i| event(w, n + i))
+                        .collect();
                     n += batch.len() as u64;
                     let ids: Vec<EventId> = batch.iter().map(|e| e.id).collect();
                     match j.append(batch).await {
@@ -99,7 +109,11 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     println!("crash test seed {seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -109,7 +123,12 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
 
     for round in 0..ROUNDS {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -128,21 +147,33 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
         // Wait for the child to have opened (and so verified) the log.
         let deadline = Instant::now() + Duration::from_secs(60);
         let ready_len = loop {
-            let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("round {round}: child never became ready (seed {seed})"));
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| {
+                    panic!("round {round}: child never became ready (seed {seed})")
+                });
             if let Some(n) = line.strip_prefix("ready ") {
                 break n.parse::<u64>().unwrap();
             }
-            assert!(!line.starts_with("open-failed"), "round {round}: {line} (seed {seed})");
+            assert!(
+                !line.starts_with("open-failed"),
+                "round {round}: {line} (seed {seed})"
+            );
         };
-        assert!(ready_len >= last_len, "round {round}: log shrank from {last_len} to {ready_len}");
+        assert!(
+            ready_len >= last_len,
+            "round {round}: log shrank from {last_len} to {ready_len}"
+        );
         std::thread::sleep(Duration::from_millis(5 + rng.next() % 120));
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         reader.join().unwrap();
         let mut new_acks = 0;
         for line in rx.try_iter() {
-            assert!(!line.contains("failed"), "round {round}: {line} (seed {seed})");
+            assert!(
+                !line.contains("failed"),
+                "round {round}: {line} (seed {seed})"
+            );
             if let Some(rest) = line.strip_prefix("ack ") {
                 let (seq, id) = rest.split_once(' ').unwrap();
                 let prev = acked.insert(seq.parse().unwrap(), id.parse().unwrap());
@@ -160,15 +191,28 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
             .unwrap()
             .unwrap_or_else(|p| panic!("round {round}: verify failed: {p} (seed {seed})"));
         for (&seq, &id) in &acked {
-            let bytes = store.get(seq).unwrap().unwrap_or_else(|| panic!("round {round}: acked seq {seq} lost (seed {seed})"));
+            let bytes = store
+                .get(seq)
+                .unwrap()
+                .unwrap_or_else(|| panic!("round {round}: acked seq {seq} lost (seed {seed})"));
             let e = Entry::from_stored(seq, &bytes).unwrap();
-            assert_eq!(e.event.id, id, "round {round}: seq {seq} holds another event (seed {seed})");
+            assert_eq!(
+                e.event.id, id,
+                "round {round}: seq {seq} holds another event (seed {seed})"
+            );
         }
         last_len = summary.entries;
         drop(store);
     }
-    assert!(rounds_with_acks >= ROUNDS / 2, "only {rounds_with_acks} rounds appended anything (seed {seed})");
-    assert!(acked.len() > 100, "too few appends to mean anything: {}", acked.len());
+    assert!(
+        rounds_with_acks >= ROUNDS / 2,
+        "only {rounds_with_acks} rounds appended anything (seed {seed})"
+    );
+    assert!(
+        acked.len() > 100,
+        "too few appends to mean anything: {}",
+        acked.len()
+    );
     println!("{ROUNDS} SIGKILLs: {} acknowledged appends all present; log of {last_len} entries verified each round", acked.len());
 
     // Appends continue after the last kill.

@@ -2,6 +2,8 @@
 //! interoperability: independent implementations from the registries (`tlog_tiles`, a port of
 //! Go's sumdb `tlog`, and `signed_note`) accept isnad's checkpoints and proofs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use isnad_journal::{
@@ -57,7 +59,12 @@ fn roots_match_the_published_vectors() {
     let t = vector_tree(&v);
     assert_eq!(t.root(0).unwrap(), h(&v.empty_root));
     for (i, root) in v.roots.iter().enumerate() {
-        assert_eq!(t.root(i as u64 + 1).unwrap(), h(root), "root of size {}", i + 1);
+        assert_eq!(
+            t.root(i as u64 + 1).unwrap(),
+            h(root),
+            "root of size {}",
+            i + 1
+        );
     }
 }
 
@@ -67,7 +74,13 @@ fn inclusion_proofs_match_the_published_vectors() {
     let t = vector_tree(&v);
     for c in &v.inclusion {
         let want: Vec<Hash> = c.proof.iter().map(|s| h(s)).collect();
-        assert_eq!(t.inclusion_proof(c.leaf_index, c.tree_size).unwrap(), want, "leaf {} size {}", c.leaf_index, c.tree_size);
+        assert_eq!(
+            t.inclusion_proof(c.leaf_index, c.tree_size).unwrap(),
+            want,
+            "leaf {} size {}",
+            c.leaf_index,
+            c.tree_size
+        );
         let leaf = leaf_hash(&hex::decode(&v.leaves[c.leaf_index as usize]).unwrap());
         let root = h(&v.roots[c.tree_size as usize - 1]);
         merkle::verify_inclusion(c.leaf_index, c.tree_size, &leaf, &want, &root).unwrap();
@@ -75,15 +88,28 @@ fn inclusion_proofs_match_the_published_vectors() {
         for i in 0..want.len() {
             let mut bad = want.clone();
             bad[i][0] ^= 8;
-            assert!(merkle::verify_inclusion(c.leaf_index, c.tree_size, &leaf, &bad, &root).is_err());
+            assert!(
+                merkle::verify_inclusion(c.leaf_index, c.tree_size, &leaf, &bad, &root).is_err()
+            );
         }
         if !want.is_empty() {
-            assert!(merkle::verify_inclusion(c.leaf_index, c.tree_size, &leaf, &want[..want.len() - 1], &root).is_err());
+            assert!(merkle::verify_inclusion(
+                c.leaf_index,
+                c.tree_size,
+                &leaf,
+                &want[..want.len() - 1],
+                &root
+            )
+            .is_err());
         }
         let mut longer = want.clone();
         longer.push(root);
-        assert!(merkle::verify_inclusion(c.leaf_index, c.tree_size, &leaf, &longer, &root).is_err());
-        assert!(merkle::verify_inclusion(c.leaf_index + 1, c.tree_size, &leaf, &want, &root).is_err());
+        assert!(
+            merkle::verify_inclusion(c.leaf_index, c.tree_size, &leaf, &longer, &root).is_err()
+        );
+        assert!(
+            merkle::verify_inclusion(c.leaf_index + 1, c.tree_size, &leaf, &want, &root).is_err()
+        );
     }
 }
 
@@ -93,8 +119,17 @@ fn consistency_proofs_match_the_published_vectors() {
     let t = vector_tree(&v);
     for c in &v.consistency {
         let want: Vec<Hash> = c.proof.iter().map(|s| h(s)).collect();
-        assert_eq!(t.consistency_proof(c.size1, c.size2).unwrap(), want, "{} -> {}", c.size1, c.size2);
-        let (r1, r2) = (h(&v.roots[c.size1 as usize - 1]), h(&v.roots[c.size2 as usize - 1]));
+        assert_eq!(
+            t.consistency_proof(c.size1, c.size2).unwrap(),
+            want,
+            "{} -> {}",
+            c.size1,
+            c.size2
+        );
+        let (r1, r2) = (
+            h(&v.roots[c.size1 as usize - 1]),
+            h(&v.roots[c.size2 as usize - 1]),
+        );
         merkle::verify_consistency(c.size1, c.size2, &r1, &r2, &want).unwrap();
         for i in 0..want.len() {
             let mut bad = want.clone();
@@ -111,10 +146,19 @@ fn consistency_proofs_match_the_published_vectors() {
 /// A journal with some entries and checkpoints, in memory.
 async fn journal_with(n: u32) -> Journal {
     let key = NodeKey::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
-    let opts = Options { checkpoint_every: 17, checkpoint_interval: Duration::from_secs(3600), ..Options::default() };
+    let opts = Options {
+        checkpoint_every: 17,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..Options::default()
+    };
     let j = Journal::open(std::sync::Arc::new(MemStore::new()), key, opts).unwrap();
     for i in 0..n {
-        let e = NewEvent::new(&RagQueried { query_hash: format!("sha256:{i:064x}"), top_k: 5, document_ids: vec![format!("doc-{i}")] }).unwrap();
+        let e = NewEvent::new(&RagQueried {
+            query_hash: format!("sha256:{i:064x}"),
+            top_k: 5,
+            document_ids: vec![format!("doc-{i}")],
+        })
+        .unwrap();
         j.append_one(e).await.unwrap();
     }
     j.checkpoint_now().await.unwrap();
@@ -157,13 +201,25 @@ async fn proofs_verify_with_the_tlog_tiles_crate() {
         // The independent crate computes the leaf from the entry hash itself.
         let leaf = tlog_tiles::record_hash(&e.hash);
         assert_eq!(leaf.0, e.leaf());
-        let proof: Vec<tlog_tiles::Hash> = j.inclusion_proof(i, size).unwrap().into_iter().map(tlog_tiles::Hash).collect();
-        tlog_tiles::check_record(&proof, size, root, i, leaf).unwrap_or_else(|e| panic!("inclusion of {i}: {e:?}"));
+        let proof: Vec<tlog_tiles::Hash> = j
+            .inclusion_proof(i, size)
+            .unwrap()
+            .into_iter()
+            .map(tlog_tiles::Hash)
+            .collect();
+        tlog_tiles::check_record(&proof, size, root, i, leaf)
+            .unwrap_or_else(|e| panic!("inclusion of {i}: {e:?}"));
     }
     for old in 1..size {
-        let proof: Vec<tlog_tiles::Hash> = j.consistency_proof(old, size).unwrap().into_iter().map(tlog_tiles::Hash).collect();
+        let proof: Vec<tlog_tiles::Hash> = j
+            .consistency_proof(old, size)
+            .unwrap()
+            .into_iter()
+            .map(tlog_tiles::Hash)
+            .collect();
         let old_root = tlog_tiles::Hash(j.root(old).unwrap());
-        tlog_tiles::check_tree(&proof, size, root, old, old_root).unwrap_or_else(|e| panic!("consistency {old}: {e:?}"));
+        tlog_tiles::check_tree(&proof, size, root, old, old_root)
+            .unwrap_or_else(|e| panic!("consistency {old}: {e:?}"));
     }
     j.shutdown().await.unwrap();
 }

@@ -4,6 +4,8 @@
 //! The attacker has write access to the files but not the node key: they flip bytes, delete,
 //! duplicate and reorder entries, and re-sign with a key of their own.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::{io::Cursor, path::Path, time::Duration};
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
@@ -33,7 +35,11 @@ impl Rng {
 }
 
 fn seed() -> u64 {
-    let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     println!("tamper test seed {s}");
     s
 }
@@ -43,17 +49,25 @@ fn pristine() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let opts = Options { checkpoint_every: 50, checkpoint_interval: Duration::from_secs(3600), ..Options::default() };
+        let opts = Options {
+            checkpoint_every: 50,
+            checkpoint_interval: Duration::from_secs(3600),
+            ..Options::default()
+        };
         let j = Journal::open_dir(dir.path(), opts).unwrap();
         let mut n = 0u64;
         while n < ENTRIES {
             let k = (1 + n % 4).min(ENTRIES - n);
             let batch = (n..n + k)
                 .map(|i| {
-                    NewEvent::new(&KeyCreated { key_id: format!("key-{i}"), roles: vec!["member".into()], expires_at_us: None })
-                        .unwrap()
-                        .team(format!("team-{}", i % 3))
-                        .actor("admin")
+                    NewEvent::new(&KeyCreated {
+                        key_id: format!("key-{i}"),
+                        roles: vec!["member".into()],
+                        expires_at_us: None,
+                    })
+                    .unwrap()
+                    .team(format!("team-{}", i % 3))
+                    .actor("admin")
                 })
                 .collect();
             j.append(batch).await.unwrap();
@@ -79,7 +93,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn verify_dir(dir: &Path) -> Result<u64, Problem> {
     let store = SledStore::open(&dir.join("journal")).unwrap();
-    verify_store(&store, None, &mut |_, _| {}).unwrap().map(|s| s.entries)
+    verify_store(&store, None, &mut |_, _| {})
+        .unwrap()
+        .map(|s| s.entries)
 }
 
 fn attacker() -> SigningKey {
@@ -134,7 +150,11 @@ fn mutate_store(db: &sled::Db, rng: &mut Rng) -> (String, u64) {
             // Rewrite history from `seq` on: new payload byte, a consistent new hash chain, all
             // re-signed with the attacker's key.
             let seq = rng.below(ENTRIES);
-            let mut prev = if seq == 0 { [0u8; 32] } else { split_stored(&get(seq - 1)).unwrap().0 };
+            let mut prev = if seq == 0 {
+                [0u8; 32]
+            } else {
+                split_stored(&get(seq - 1)).unwrap().0
+            };
             for s in seq..ENTRIES {
                 let v = get(s);
                 let (_, _, canonical) = split_stored(&v).unwrap();
@@ -199,16 +219,22 @@ fn tampered_checkpoint_and_swapped_key_are_caught() {
     // the auditor pins the node's real key (node.pub).
     let work = tempfile::tempdir().unwrap();
     copy_dir(base.path(), work.path());
-    let real = isnad_journal::keys::parse_public_key(&std::fs::read_to_string(base.path().join("node.pub")).unwrap()).unwrap();
+    let real = isnad_journal::keys::parse_public_key(
+        &std::fs::read_to_string(base.path().join("node.pub")).unwrap(),
+    )
+    .unwrap();
     {
         let db = sled::open(work.path().join("journal")).unwrap();
         let mut k = vec![b'm'];
         k.extend_from_slice(b"public_key");
-        db.insert(k, attacker().verifying_key().as_bytes().to_vec()).unwrap();
+        db.insert(k, attacker().verifying_key().as_bytes().to_vec())
+            .unwrap();
         db.flush().unwrap();
     }
     let store = SledStore::open(&work.path().join("journal")).unwrap();
-    let p = verify_store(&store, Some(&real), &mut |_, _| {}).unwrap().unwrap_err();
+    let p = verify_store(&store, Some(&real), &mut |_, _| {})
+        .unwrap()
+        .unwrap_err();
     assert_eq!(p.seq, 0);
     assert!(p.reason.contains("expected"), "{p}");
 }
@@ -217,7 +243,11 @@ fn export_lines(dir: &Path) -> Vec<String> {
     let store = SledStore::open(&dir.join("journal")).unwrap();
     let mut out = Vec::new();
     export_store(&store, None, &mut out).unwrap();
-    String::from_utf8(out).unwrap().lines().map(str::to_owned).collect()
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn verify_lines(lines: &[Vec<u8>]) -> Result<u64, Problem> {
@@ -291,7 +321,10 @@ fn every_export_mutation_is_caught_at_the_right_seq() {
         };
         match verify_lines(&m) {
             Ok(n) => panic!("export mutation {i} ({what}) went unnoticed ({n} entries)"),
-            Err(p) => assert_eq!(p.seq, expected, "export mutation {i} ({what}): reported {p}"),
+            Err(p) => assert_eq!(
+                p.seq, expected,
+                "export mutation {i} ({what}): reported {p}"
+            ),
         }
     }
 }
@@ -300,19 +333,39 @@ fn every_export_mutation_is_caught_at_the_right_seq() {
 fn export_with_a_tampered_checkpoint_line_is_refused() {
     let base = pristine();
     let lines = export_lines(base.path());
-    let at = lines.iter().position(|l| l.starts_with("{\"checkpoint_size\":")).unwrap();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("{\"checkpoint_size\":"))
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&lines[at]).unwrap();
     let size = v["checkpoint_size"].as_u64().unwrap();
     let mut m: Vec<Vec<u8>> = lines.iter().map(|l| l.clone().into_bytes()).collect();
-    m[at] = lines[at].replace(&format!("\\n{size}\\n"), &format!("\\n{}\\n", size + 1)).into_bytes();
+    m[at] = lines[at]
+        .replace(&format!("\\n{size}\\n"), &format!("\\n{}\\n", size + 1))
+        .into_bytes();
     assert_ne!(m[at], lines[at].as_bytes());
     let p = verify_lines(&m).unwrap_err();
     assert_eq!(p.seq, size - 1, "{p}");
     // Pinning the node's key refuses an export whose header names another key.
     let mut text = lines.join("\n");
     text.push('\n');
-    let real = isnad_journal::keys::parse_public_key(&std::fs::read_to_string(base.path().join("node.pub")).unwrap()).unwrap();
-    assert!(verify_export(&mut Cursor::new(text.clone()), Some(&real), None, &mut |_, _| {}).is_ok());
-    let p = verify_export(&mut Cursor::new(text), Some(&attacker().verifying_key()), None, &mut |_, _| {}).unwrap_err();
+    let real = isnad_journal::keys::parse_public_key(
+        &std::fs::read_to_string(base.path().join("node.pub")).unwrap(),
+    )
+    .unwrap();
+    assert!(verify_export(
+        &mut Cursor::new(text.clone()),
+        Some(&real),
+        None,
+        &mut |_, _| {}
+    )
+    .is_ok());
+    let p = verify_export(
+        &mut Cursor::new(text),
+        Some(&attacker().verifying_key()),
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert_eq!(p.seq, 0);
 }

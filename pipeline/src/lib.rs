@@ -13,13 +13,7 @@
 //! Stages see events as soon as they are sequenced (in memory). Stages whose effects leave the
 //! process (webhooks) ask for [`Watermark::Durable`] instead.
 
-use std::{
-    any::Any,
-    collections::HashMap,
-    future::Future,
-    sync::Arc,
-    time::Duration,
-};
+use std::{any::Any, collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use isnad_journal::{Entry, Journal, Watermark};
 use isnad_schemas::{EventId, NewEvent};
@@ -113,9 +107,13 @@ impl Bus {
         let st = state.clone();
         let correlator = tokio::spawn(async move {
             while let Ok(entry) = sub.next().await {
-                let Some(rid) = entry.event.request_id.as_deref() else { continue };
+                let Some(rid) = entry.event.request_id.as_deref() else {
+                    continue;
+                };
                 let mut guard = st.lock();
-                let Some(waiters) = guard.waiters.get_mut(rid) else { continue };
+                let Some(waiters) = guard.waiters.get_mut(rid) else {
+                    continue;
+                };
                 let mut i = 0;
                 while i < waiters.len() {
                     if waiters[i].kinds.iter().any(|k| *k == entry.event.kind) {
@@ -132,7 +130,11 @@ impl Bus {
             // Journal closed: dropping the waiters wakes everyone with `Closed`.
             st.lock().waiters.clear();
         });
-        Self { journal, state, correlator: Arc::new(correlator) }
+        Self {
+            journal,
+            state,
+            correlator: Arc::new(correlator),
+        }
     }
 
     /// The journal beneath.
@@ -142,7 +144,10 @@ impl Bus {
 
     /// Keeps `attachment` in memory for request `request_id` until [`Bus::detach`].
     pub fn attach(&self, request_id: &str, attachment: Attachment) {
-        self.state.lock().attachments.insert(request_id.to_owned(), attachment);
+        self.state
+            .lock()
+            .attachments
+            .insert(request_id.to_owned(), attachment);
     }
 
     /// The attachment of a request still in flight in this process.
@@ -169,13 +174,24 @@ impl Bus {
             .waiters
             .entry(request_id.to_owned())
             .or_default()
-            .push(Waiter { kinds: kinds.iter().map(|k| (*k).to_owned()).collect(), reply });
-        Pending { rx, request_id: request_id.to_owned(), kinds: kinds.iter().map(|k| (*k).to_owned()).collect() }
+            .push(Waiter {
+                kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+                reply,
+            });
+        Pending {
+            rx,
+            request_id: request_id.to_owned(),
+            kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+        }
     }
 
     /// Publishes an event (sequenced, visible to stages at once) with an optional attachment
     /// keyed by the event's request id. Durability is awaited separately, once per request.
-    pub async fn publish(&self, event: NewEvent, attachment: Option<Attachment>) -> Result<isnad_journal::Receipt> {
+    pub async fn publish(
+        &self,
+        event: NewEvent,
+        attachment: Option<Attachment>,
+    ) -> Result<isnad_journal::Receipt> {
         if let (Some(a), Some(rid)) = (attachment, event.request_id.as_deref()) {
             self.attach(rid, a);
         }
@@ -205,7 +221,11 @@ impl Pending {
         match tokio::time::timeout(timeout, self.rx).await {
             Ok(Ok(e)) => Ok(e),
             Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Timeout { request_id: self.request_id, kinds: self.kinds, timeout }),
+            Err(_) => Err(Error::Timeout {
+                request_id: self.request_id,
+                kinds: self.kinds,
+                timeout,
+            }),
         }
     }
 }
@@ -223,7 +243,10 @@ const CURSOR_EVERY: u64 = 256;
 impl Runner {
     /// A runner publishing through `bus`.
     pub fn new(bus: Bus) -> Self {
-        Self { bus, tasks: Vec::new() }
+        Self {
+            bus,
+            tasks: Vec::new(),
+        }
     }
 
     /// Starts `stage` at its cursor.

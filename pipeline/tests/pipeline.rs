@@ -2,6 +2,8 @@
 //! never reach the disk, correlation of concurrent requests, and resumption after a crash without
 //! duplicate outputs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::{sync::Arc, time::Duration};
 
 use isnad_journal::{Entry, Journal, Options};
@@ -21,16 +23,34 @@ impl Stage for Guard {
     fn wants(&self, e: &Entry) -> bool {
         e.event.kind == "request.received"
     }
-    async fn handle(&mut self, _e: Arc<Entry>, a: Option<Attachment>) -> Result<Vec<NewEvent>, String> {
+    async fn handle(
+        &mut self,
+        _e: Arc<Entry>,
+        a: Option<Attachment>,
+    ) -> Result<Vec<NewEvent>, String> {
         let findings = match a.as_ref().and_then(|a| a.downcast_ref::<Prompt>()) {
-            Some(p) if p.0.contains("IBAN") => vec![Finding { kind: "iban".into(), count: 1 }],
+            Some(p) if p.0.contains("IBAN") => vec![Finding {
+                kind: "iban".into(),
+                count: 1,
+            }],
             Some(_) => vec![],
             // Replayed after a restart: the prompt is gone with the process.
-            None => vec![Finding { kind: "unavailable".into(), count: 1 }],
+            None => vec![Finding {
+                kind: "unavailable".into(),
+                count: 1,
+            }],
         };
-        let action = if findings.is_empty() { "allow" } else { "local_only" };
-        Ok(vec![NewEvent::new(&GuardrailEvaluated { action: action.into(), findings, policy: "default".into() })
-            .map_err(|e| e.to_string())?])
+        let action = if findings.is_empty() {
+            "allow"
+        } else {
+            "local_only"
+        };
+        Ok(vec![NewEvent::new(&GuardrailEvaluated {
+            action: action.into(),
+            findings,
+            policy: "default".into(),
+        })
+        .map_err(|e| e.to_string())?])
     }
 }
 
@@ -42,9 +62,17 @@ impl Stage for Router {
     fn wants(&self, e: &Entry) -> bool {
         e.event.kind == "guardrail.evaluated"
     }
-    async fn handle(&mut self, e: Arc<Entry>, _a: Option<Attachment>) -> Result<Vec<NewEvent>, String> {
+    async fn handle(
+        &mut self,
+        e: Arc<Entry>,
+        _a: Option<Attachment>,
+    ) -> Result<Vec<NewEvent>, String> {
         let g: GuardrailEvaluated = e.event.payload_as().map_err(|e| e.to_string())?;
-        let residency = if g.action == "allow" { "external" } else { "local" };
+        let residency = if g.action == "allow" {
+            "external"
+        } else {
+            "local"
+        };
         Ok(vec![NewEvent::new(&RouteSelected {
             requested_model: "auto-router".into(),
             model: format!("{residency}-model"),
@@ -70,7 +98,11 @@ fn request(rid: &str) -> NewEvent {
 }
 
 fn opts() -> Options {
-    Options { checkpoint_every: 1000, checkpoint_interval: Duration::from_secs(3600), ..Options::default() }
+    Options {
+        checkpoint_every: 1000,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..Options::default()
+    }
 }
 
 fn grep_dir(dir: &std::path::Path, needle: &[u8]) -> bool {
@@ -79,7 +111,10 @@ fn grep_dir(dir: &std::path::Path, needle: &[u8]) -> bool {
         if p.is_dir() {
             grep_dir(&p, needle)
         } else {
-            std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle)
+            std::fs::read(&p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
         }
     })
 }
@@ -94,29 +129,56 @@ async fn stages_chain_through_the_log_and_attachments_stay_in_ram() {
     runner.spawn(Router).unwrap();
 
     let pending = bus.wait_for("req-1", &["route.selected"]);
-    let r = bus.publish(request("req-1"), Some(Arc::new(Prompt(SECRET_PROMPT.into())))).await.unwrap();
+    let r = bus
+        .publish(
+            request("req-1"),
+            Some(Arc::new(Prompt(SECRET_PROMPT.into()))),
+        )
+        .await
+        .unwrap();
     let routed = pending.wait(Duration::from_secs(10)).await.unwrap();
     journal.wait_durable(routed.seq).await.unwrap();
     bus.detach("req-1");
     assert_eq!(bus.attachments_in_flight(), 0);
 
     let route: RouteSelected = routed.event.payload_as().unwrap();
-    assert_eq!(route.residency, "local", "the guardrail saw the prompt through the attachment");
-    assert_eq!(routed.event.team.as_deref(), Some("team-a"), "outputs inherit the team");
+    assert_eq!(
+        route.residency, "local",
+        "the guardrail saw the prompt through the attachment"
+    );
+    assert_eq!(
+        routed.event.team.as_deref(),
+        Some("team-a"),
+        "outputs inherit the team"
+    );
     let log = journal.range(r.seq, journal.len()).unwrap();
     let kinds: Vec<&str> = log.iter().map(|e| e.event.kind.as_str()).collect();
-    assert_eq!(kinds, ["request.received", "guardrail.evaluated", "route.selected"]);
+    assert_eq!(
+        kinds,
+        ["request.received", "guardrail.evaluated", "route.selected"]
+    );
 
     runner.stop();
     journal.shutdown().await.unwrap();
     drop((bus, journal));
-    assert!(!grep_dir(dir.path(), SECRET_PROMPT.as_bytes()), "prompt text reached the disk");
-    assert!(!grep_dir(dir.path(), b"SA03 8000"), "part of the prompt reached the disk");
+    assert!(
+        !grep_dir(dir.path(), SECRET_PROMPT.as_bytes()),
+        "prompt text reached the disk"
+    );
+    assert!(
+        !grep_dir(dir.path(), b"SA03 8000"),
+        "part of the prompt reached the disk"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_each_get_their_own_answer() {
-    let journal = Journal::open(Arc::new(isnad_journal::MemStore::new()), isnad_journal::NodeKey::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[1; 32])), opts()).unwrap();
+    let journal = Journal::open(
+        Arc::new(isnad_journal::MemStore::new()),
+        isnad_journal::NodeKey::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[1; 32])),
+        opts(),
+    )
+    .unwrap();
     let bus = Bus::new(journal.clone());
     let mut runner = Runner::new(bus.clone());
     runner.spawn(Guard).unwrap();
@@ -128,19 +190,28 @@ async fn concurrent_requests_each_get_their_own_answer() {
             let rid = format!("req-{i}");
             let prompt = if i % 2 == 0 { "hello" } else { "IBAN inside" };
             let pending = bus.wait_for(&rid, &["route.selected"]);
-            bus.publish(request(&rid), Some(Arc::new(Prompt(prompt.into())))).await.unwrap();
+            bus.publish(request(&rid), Some(Arc::new(Prompt(prompt.into()))))
+                .await
+                .unwrap();
             let e = pending.wait(Duration::from_secs(20)).await.unwrap();
             bus.detach(&rid);
             assert_eq!(e.event.request_id.as_deref(), Some(rid.as_str()));
             let route: RouteSelected = e.event.payload_as().unwrap();
-            assert_eq!(route.residency, if i % 2 == 0 { "external" } else { "local" });
+            assert_eq!(
+                route.residency,
+                if i % 2 == 0 { "external" } else { "local" }
+            );
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
     // A wait that nothing answers times out with a clear error.
-    let err = bus.wait_for("nobody", &["route.selected"]).wait(Duration::from_millis(50)).await.unwrap_err();
+    let err = bus
+        .wait_for("nobody", &["route.selected"])
+        .wait(Duration::from_millis(50))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("nobody"));
     runner.stop();
     journal.shutdown().await.unwrap();
@@ -153,7 +224,10 @@ async fn a_restarted_stage_resumes_from_its_cursor_without_duplicates() {
         let journal = Journal::open_dir(dir.path(), opts()).unwrap();
         // Requests arrive while no stage runs (as if the process died right after accepting them).
         for i in 0..30 {
-            journal.append_one(request(&format!("req-{i}"))).await.unwrap();
+            journal
+                .append_one(request(&format!("req-{i}")))
+                .await
+                .unwrap();
         }
         let bus = Bus::new(journal.clone());
         let mut runner = Runner::new(bus.clone());
@@ -174,7 +248,12 @@ async fn a_restarted_stage_resumes_from_its_cursor_without_duplicates() {
     runner.spawn(Guard).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let count = journal.range(0, journal.len()).unwrap().iter().filter(|e| e.event.kind == "guardrail.evaluated").count();
+        let count = journal
+            .range(0, journal.len())
+            .unwrap()
+            .iter()
+            .filter(|e| e.event.kind == "guardrail.evaluated")
+            .count();
         if count >= 30 || tokio::time::Instant::now() > deadline {
             break;
         }
@@ -184,10 +263,15 @@ async fn a_restarted_stage_resumes_from_its_cursor_without_duplicates() {
     let all = journal.range(0, journal.len()).unwrap();
     let mut per_request = std::collections::HashMap::new();
     for e in all.iter().filter(|e| e.event.kind == "guardrail.evaluated") {
-        *per_request.entry(e.event.request_id.clone().unwrap()).or_insert(0) += 1;
+        *per_request
+            .entry(e.event.request_id.clone().unwrap())
+            .or_insert(0) += 1;
     }
     assert_eq!(per_request.len(), 30, "every request was evaluated");
-    assert!(per_request.values().all(|&n| n == 1), "exactly once each: {per_request:?}");
+    assert!(
+        per_request.values().all(|&n| n == 1),
+        "exactly once each: {per_request:?}"
+    );
     assert_eq!(journal.cursor("guardrail").unwrap(), journal.len());
     runner.stop();
     journal.shutdown().await.unwrap();

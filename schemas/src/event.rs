@@ -312,7 +312,10 @@ mod tests {
     fn rejects_unknown_format_and_garbage() {
         let mut bytes = sample().canonical_bytes().unwrap();
         bytes[0] = 9;
-        assert!(matches!(Event::from_canonical(&bytes), Err(Error::UnknownFormat(9))));
+        assert!(matches!(
+            Event::from_canonical(&bytes),
+            Err(Error::UnknownFormat(9))
+        ));
         assert!(Event::from_canonical(&[]).is_err());
         assert!(Event::from_canonical(&[ENVELOPE_FORMAT, 1, 2, 3]).is_err());
     }

@@ -311,14 +311,20 @@ mod tests {
 
     #[test]
     fn json_view_decodes_known_and_shows_unknown_as_base64() {
-        let ev = NewEvent::new(&KeyRevoked { key_id: "k1".into(), reason: "leaked".into() })
-            .unwrap()
-            .sequence(0, 0);
+        let ev = NewEvent::new(&KeyRevoked {
+            key_id: "k1".into(),
+            reason: "leaked".into(),
+        })
+        .unwrap()
+        .sequence(0, 0);
         let json = ev.to_json();
         assert_eq!(json.payload["key_id"], "k1");
         assert_eq!(json.kind, "key.revoked");
 
-        let future = Event { kind: "from.the.future".into(), ..ev };
+        let future = Event {
+            kind: "from.the.future".into(),
+            ..ev
+        };
         assert!(future.to_json().payload[crate::PAYLOAD_UNDECODED].is_string());
     }
 
@@ -338,10 +344,12 @@ mod tests {
 
     #[test]
     fn payload_as_checks_kind() {
-        let ev = NewEvent::new(&DocumentDeleted { document_id: "d".into() })
-            .unwrap()
-            .with_id(EventId([1; 16]))
-            .sequence(1, 1);
+        let ev = NewEvent::new(&DocumentDeleted {
+            document_id: "d".into(),
+        })
+        .unwrap()
+        .with_id(EventId([1; 16]))
+        .sequence(1, 1);
         assert!(ev.payload_as::<DocumentDeleted>().is_ok());
         assert!(ev.payload_as::<KeyRevoked>().is_err());
     }

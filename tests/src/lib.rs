@@ -1,5 +1,6 @@
 //! Harness for end-to-end tests: runs the real `isnad` binary on loopback and talks to it with
-//! real clients (`curl`), exactly as an operator would.
+//! real clients (`curl`), exactly as an operator would. Panics are how a harness fails a test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
     io::{BufRead, BufReader},
@@ -13,15 +14,26 @@ use std::{
 pub fn isnad_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/isnad
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
     let bin = dir.join(format!("isnad{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: run `cargo build --bins` before the end-to-end tests", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` before the end-to-end tests",
+        bin.display()
+    );
     bin
 }
 
 /// Runs `isnad` with arguments and returns its output.
 pub fn isnad(args: &[&str]) -> Output {
-    Command::new(isnad_bin()).args(args).env_remove("ISNAD_CONFIG").output().expect("run isnad")
+    Command::new(isnad_bin())
+        .args(args)
+        .env_remove("ISNAD_CONFIG")
+        .output()
+        .expect("run isnad")
 }
 
 /// A running `isnad serve`.
@@ -55,13 +67,17 @@ impl Server {
                 }
             }
         });
-        let base = rx.recv_timeout(Duration::from_secs(60)).expect("server did not report its address");
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server did not report its address");
         Self { child, base }
     }
 
     /// Sends SIGTERM and waits; returns whether the process exited successfully.
     pub fn stop(mut self) -> bool {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let status = self.child.wait().expect("wait for isnad");
         status.success()
     }
@@ -102,5 +118,8 @@ pub fn curl(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
     let out = cmd.output().expect("run curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    Response { status: code.trim().parse().unwrap_or(0), body: body.to_owned() }
+    Response {
+        status: code.trim().parse().unwrap_or(0),
+        body: body.to_owned(),
+    }
 }

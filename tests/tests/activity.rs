@@ -1,6 +1,8 @@
 //! The real server on loopback: the activity API as an operator or auditor uses it with curl,
 //! graceful shutdown, and the offline tools on what the server wrote.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::Cursor;
 
 use isnad_journal::{checkpoint::Checkpoint, export::InclusionBundle, keys::parse_public_key};
@@ -17,7 +19,10 @@ fn activity_api_serves_filters_pages_and_proves() {
     let dir = tempfile::tempdir().unwrap();
     // Three starts: three node.started events, a chain that spans restarts.
     for _ in 0..2 {
-        assert!(Server::start(dir.path(), TOKEN, &[]).stop(), "clean shutdown");
+        assert!(
+            Server::start(dir.path(), TOKEN, &[]).stop(),
+            "clean shutdown"
+        );
     }
     let server = Server::start(dir.path(), TOKEN, &[]);
     let url = |p: &str| format!("{}{p}", server.base);
@@ -29,7 +34,10 @@ fn activity_api_serves_filters_pages_and_proves() {
     let r = curl("GET", &url("/v1/activity/logs"), None, None);
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"]["code"], "invalid_api_key");
-    assert_eq!(curl("GET", &url("/v1/activity/logs"), Some("wrong"), None).status, 401);
+    assert_eq!(
+        curl("GET", &url("/v1/activity/logs"), Some("wrong"), None).status,
+        401
+    );
 
     let r = curl("GET", &url("/v1/activity/logs"), Some(TOKEN), None);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -39,33 +47,78 @@ fn activity_api_serves_filters_pages_and_proves() {
     for (i, e) in data.iter().enumerate() {
         assert_eq!(e["seq"], i as u64);
         assert_eq!(e["kind"], "node.started");
-        assert!(e["payload"]["config_hash"].as_str().unwrap().starts_with("sha256:"));
+        assert!(e["payload"]["config_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"));
         assert_eq!(e["hash"].as_str().unwrap().len(), 64);
     }
 
     // Filters and pagination.
-    let r = curl("GET", &url("/v1/activity/logs?kind=completion.finished"), Some(TOKEN), None).json();
+    let r = curl(
+        "GET",
+        &url("/v1/activity/logs?kind=completion.finished"),
+        Some(TOKEN),
+        None,
+    )
+    .json();
     assert_eq!(r["data"].as_array().unwrap().len(), 0);
     let page1 = curl("GET", &url("/v1/activity/logs?limit=2"), Some(TOKEN), None).json();
     assert_eq!(page1["data"].as_array().unwrap().len(), 2);
     assert_eq!(page1["has_more"], true);
     let after = page1["next_after"].as_u64().unwrap();
-    let page2 = curl("GET", &url(&format!("/v1/activity/logs?limit=2&after={after}")), Some(TOKEN), None).json();
+    let page2 = curl(
+        "GET",
+        &url(&format!("/v1/activity/logs?limit=2&after={after}")),
+        Some(TOKEN),
+        None,
+    )
+    .json();
     assert_eq!(page2["data"][0]["seq"], 2);
     assert_eq!(page2["has_more"], false);
     let third_time = data[2]["timestamp"].as_str().unwrap();
-    let r = curl("POST", &url("/v1/activity/logs"), Some(TOKEN), Some(&format!(r#"{{"since":"{third_time}","actor":"system"}}"#))).json();
+    let r = curl(
+        "POST",
+        &url("/v1/activity/logs"),
+        Some(TOKEN),
+        Some(&format!(r#"{{"since":"{third_time}","actor":"system"}}"#)),
+    )
+    .json();
     assert_eq!(r["data"].as_array().unwrap().len(), 1, "{r}");
-    let r = curl("POST", &url("/v1/activity/logs"), Some(TOKEN), Some(r#"{"from_seq":1,"to_seq":2}"#)).json();
+    let r = curl(
+        "POST",
+        &url("/v1/activity/logs"),
+        Some(TOKEN),
+        Some(r#"{"from_seq":1,"to_seq":2}"#),
+    )
+    .json();
     assert_eq!(r["data"].as_array().unwrap().len(), 1);
 
     // Bad input gets a 400 in our shape, naming the parameter where there is one.
-    let r = curl("POST", &url("/v1/activity/logs"), Some(TOKEN), Some("{not json"));
+    let r = curl(
+        "POST",
+        &url("/v1/activity/logs"),
+        Some(TOKEN),
+        Some("{not json"),
+    );
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
-    let r = curl("GET", &url("/v1/activity/logs?since=yesterday"), Some(TOKEN), None);
-    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("since")));
-    let r = curl("GET", &url("/v1/activity/logs?limit=5000"), Some(TOKEN), None);
+    let r = curl(
+        "GET",
+        &url("/v1/activity/logs?since=yesterday"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].as_str()),
+        (400, Some("since"))
+    );
+    let r = curl(
+        "GET",
+        &url("/v1/activity/logs?limit=5000"),
+        Some(TOKEN),
+        None,
+    );
     assert_eq!(r.status, 400);
     let r = curl("GET", &url("/v1/nothing-here"), Some(TOKEN), None);
     assert_eq!(r.status, 404);
@@ -79,35 +132,77 @@ fn activity_api_serves_filters_pages_and_proves() {
 
     // An inclusion proof for each entry verifies offline.
     for seq in 0..3 {
-        let b = curl("GET", &url(&format!("/v1/activity/proof?seq={seq}")), Some(TOKEN), None);
+        let b = curl(
+            "GET",
+            &url(&format!("/v1/activity/proof?seq={seq}")),
+            Some(TOKEN),
+            None,
+        );
         assert_eq!(b.status, 200, "{}", b.body);
         let bundle: InclusionBundle = serde_json::from_str(&b.body).unwrap();
         assert_eq!(bundle.verify(&key).unwrap().size, 3);
     }
     let r = curl("GET", &url("/v1/activity/proof?seq=99"), Some(TOKEN), None);
-    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("seq")));
-    let c = curl("GET", &url("/v1/activity/proof?old_size=1"), Some(TOKEN), None).json();
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].as_str()),
+        (400, Some("seq"))
+    );
+    let c = curl(
+        "GET",
+        &url("/v1/activity/proof?old_size=1"),
+        Some(TOKEN),
+        None,
+    )
+    .json();
     assert_eq!(c["new_size"], 3);
 
     // The export streamed by the server verifies with the pinned key.
     let ex = curl("GET", &url("/v1/activity/export"), Some(TOKEN), None);
     assert_eq!(ex.status, 200);
-    let summary = isnad_journal::export::verify_export(&mut Cursor::new(ex.body.clone()), Some(&key), None, &mut |_, _| {}).unwrap();
+    let summary = isnad_journal::export::verify_export(
+        &mut Cursor::new(ex.body.clone()),
+        Some(&key),
+        None,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(summary.entries, 3);
 
     // Offline tools refuse to touch the log while the server holds it, with a clear message.
-    let out = isnad(&["journal", "verify", "--data-dir", dir.path().to_str().unwrap()]);
+    let out = isnad(&[
+        "journal",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by another process"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     assert!(server.stop(), "SIGTERM ends the server cleanly");
 
     // After shutdown: a final checkpoint covers every entry, and verify passes.
-    let out = isnad(&["journal", "verify", "--data-dir", dir.path().to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = isnad(&[
+        "journal",
+        "verify",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["entries"], 3);
-    assert!(v["checkpoints"].as_u64().unwrap() >= 3, "one checkpoint per shutdown at least: {v}");
+    assert!(
+        v["checkpoints"].as_u64().unwrap() >= 3,
+        "one checkpoint per shutdown at least: {v}"
+    );
 }
 
 #[test]
@@ -115,8 +210,17 @@ fn a_bad_config_is_refused_with_the_key_path() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("isnad.toml");
     std::fs::write(&cfg, "[journal]\ncheckpoint_evry = 5\n").unwrap();
-    let out = isnad(&["--config", cfg.to_str().unwrap(), "serve", "--data-dir", dir.path().to_str().unwrap()]);
+    let out = isnad(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "serve",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("checkpoint_evry") && err.contains("isnad.toml"), "{err}");
+    assert!(
+        err.contains("checkpoint_evry") && err.contains("isnad.toml"),
+        "{err}"
+    );
 }

@@ -2,6 +2,8 @@
 //! one entry, check the proof; and the same tools catching tampering with a clear seq and a
 //! non-zero exit.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::{path::Path, time::Duration};
 
 use isnad_journal::{Journal, Options};
@@ -13,7 +15,11 @@ const ENTRIES: u64 = 5000;
 fn build_log(dir: &Path) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let opts = Options { checkpoint_every: 700, checkpoint_interval: Duration::from_secs(3600), ..Options::default() };
+        let opts = Options {
+            checkpoint_every: 700,
+            checkpoint_interval: Duration::from_secs(3600),
+            ..Options::default()
+        };
         let j = Journal::open_dir(dir, opts).unwrap();
         for chunk in 0..ENTRIES / 100 {
             let batch = (0..100)
@@ -69,9 +75,24 @@ fn auditor_walkthrough_and_tampering() {
     assert_eq!(code, 0, "{out}{err}");
 
     let proof = tmp.path().join("proof-1234.json");
-    let (code, _, err) = run(&["journal", "prove", "--data-dir", d, "--seq", "1234", "--output", proof.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "journal",
+        "prove",
+        "--data-dir",
+        d,
+        "--seq",
+        "1234",
+        "--output",
+        proof.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, _) = run(&["journal", "verify-proof", proof.to_str().unwrap(), "--public-key", k]);
+    let (code, out, _) = run(&[
+        "journal",
+        "verify-proof",
+        proof.to_str().unwrap(),
+        "--public-key",
+        k,
+    ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("OK: seq 1234"), "{out}");
     // The same proof from the export alone.
@@ -83,20 +104,40 @@ fn auditor_walkthrough_and_tampering() {
     // Tail shows the last entries, optionally as JSON.
     let (code, out, _) = run(&["journal", "tail", "--data-dir", d, "-n", "3", "--json"]);
     assert_eq!(code, 0);
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect::<Vec<_>>(), vec![ENTRIES - 3, ENTRIES - 2, ENTRIES - 1]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![ENTRIES - 3, ENTRIES - 2, ENTRIES - 1]
+    );
 
     // A proof edited to claim another completion fails.
-    let mut bundle: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&proof).unwrap()).unwrap();
+    let mut bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&proof).unwrap()).unwrap();
     bundle["entry"]["view"]["payload"]["completion_tokens"] = 9999.into();
     std::fs::write(&proof, bundle.to_string()).unwrap();
-    let (code, out, _) = run(&["journal", "verify-proof", proof.to_str().unwrap(), "--public-key", k]);
+    let (code, out, _) = run(&[
+        "journal",
+        "verify-proof",
+        proof.to_str().unwrap(),
+        "--public-key",
+        k,
+    ]);
     assert_eq!(code, 3, "{out}");
     assert!(out.starts_with("FAILED"), "{out}");
 
     // One edited line in the export: non-zero exit naming its seq.
     let text = std::fs::read_to_string(&export).unwrap();
-    let edited = text.replacen("\"team\":\"health\",\"request_id\":\"req-2345\"", "\"team\":\"finance\",\"request_id\":\"req-2345\"", 1);
+    let edited = text.replacen(
+        "\"team\":\"health\",\"request_id\":\"req-2345\"",
+        "\"team\":\"finance\",\"request_id\":\"req-2345\"",
+        1,
+    );
     assert_ne!(edited, text);
     std::fs::write(&export, edited).unwrap();
     let (code, out, _) = run(&["journal", "verify-export", e, "--public-key", k, "--json"]);
@@ -107,7 +148,8 @@ fn auditor_walkthrough_and_tampering() {
     // One deleted entry in the data directory: verify names it.
     {
         let db = sled::open(data.join("journal")).unwrap();
-        db.remove(isnad_journal::SledStore::entry_key(4321)).unwrap();
+        db.remove(isnad_journal::SledStore::entry_key(4321))
+            .unwrap();
         db.flush().unwrap();
     }
     std::thread::sleep(Duration::from_millis(200));

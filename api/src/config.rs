@@ -18,6 +18,20 @@ pub struct Config {
     pub server: ServerConfig,
     /// Journal.
     pub journal: JournalConfig,
+    /// In-boundary OpenAI-compatible upstreams, by name (`[providers.NAME]`).
+    pub providers: std::collections::BTreeMap<String, isnad_inference::registry::ProviderConfig>,
+    /// Models (`[[models]]`).
+    pub models: Vec<isnad_inference::registry::ModelConfig>,
+    /// Routing.
+    pub routing: RoutingConfig,
+}
+
+/// `[routing]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Model that `auto-router` picks (default: the first chat model).
+    pub default_model: Option<String>,
 }
 
 /// `[server]`
@@ -91,6 +105,20 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// The model registry (and with it the egress policy) from `[providers]`, `[[models]]` and
+    /// `[routing]`.
+    pub fn registry(&self) -> Result<isnad_inference::registry::Registry, ConfigError> {
+        isnad_inference::registry::Registry::load(
+            &self.providers,
+            &self.models,
+            self.routing.default_model.as_deref(),
+        )
+        .map_err(|e| ConfigError {
+            file: "configuration".into(),
+            message: e.to_string(),
+        })
+    }
+
     /// Loads `path` if given, else the built-in defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else {

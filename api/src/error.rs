@@ -25,6 +25,22 @@ pub enum ApiError {
     /// 404: no such thing.
     #[error("{0}")]
     NotFound(String),
+    /// 404: unknown model.
+    #[error("the model `{0}` does not exist or you do not have access to it")]
+    ModelNotFound(String),
+    /// 413: body over the limit.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 429/502/503/504: the upstream failed.
+    #[error("{message}")]
+    Upstream {
+        /// HTTP status for the client.
+        status: u16,
+        /// Error code.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
     /// 503: the journal cannot take or serve requests now.
     #[error("the activity journal is unavailable")]
     Unavailable,
@@ -39,6 +55,20 @@ impl ApiError {
         Self::BadRequest {
             message: message.into(),
             param: Some(param.to_owned()),
+        }
+    }
+
+    /// HTTP status and machine-readable code, as journaled in `request.rejected`.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            Self::BadRequest { .. } => (400, "invalid_request"),
+            Self::Unauthorized => (401, "invalid_api_key"),
+            Self::NotFound(_) => (404, "not_found"),
+            Self::ModelNotFound(_) => (404, "model_not_found"),
+            Self::PayloadTooLarge(_) => (413, "payload_too_large"),
+            Self::Upstream { status, code, .. } => (*status, code),
+            Self::Unavailable => (503, "journal_unavailable"),
+            Self::Internal(_) => (500, "internal_error"),
         }
     }
 }
@@ -76,6 +106,25 @@ impl IntoResponse for ApiError {
                 "invalid_api_key",
             ),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
+            Self::ModelNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+            ),
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "payload_too_large",
+            ),
+            Self::Upstream { status, code, .. } => {
+                let s = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let kind = if *status == 429 {
+                    "rate_limit_error"
+                } else {
+                    "server_error"
+                };
+                (s, kind, *code)
+            }
             Self::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
@@ -92,6 +141,7 @@ impl IntoResponse for ApiError {
         };
         let param = match &self {
             Self::BadRequest { param, .. } => param.clone(),
+            Self::ModelNotFound(_) => Some("model".to_owned()),
             _ => None,
         };
         let body = json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } });

@@ -6,5 +6,6 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod journal_cli;
 pub mod server;

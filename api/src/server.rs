@@ -31,7 +31,18 @@ pub struct AppState {
 }
 
 /// The router, without a socket (tests call it directly).
-pub fn app(state: AppState, config: &Config) -> Router {
+pub fn app(state: AppState, gateway: crate::gateway::Gateway, config: &Config) -> Router {
+    let openai: Router = Router::new()
+        .route(
+            "/v1/chat/completions",
+            axum::routing::post(crate::gateway::chat_completions),
+        )
+        .route(
+            "/v1/embeddings",
+            axum::routing::post(crate::gateway::embeddings),
+        )
+        .route("/v1/models", get(crate::gateway::models))
+        .with_state(gateway);
     let v1 = Router::new()
         .route("/v1/activity/logs", get(logs_get).post(logs_post))
         .route("/v1/activity/checkpoint", get(checkpoint))
@@ -43,10 +54,11 @@ pub fn app(state: AppState, config: &Config) -> Router {
         .route("/readyz", get(readyz))
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+        .merge(openai)
         .layer(axum::extract::DefaultBodyLimit::max(
             config.server.max_body_bytes,
         ))
-        .with_state(state)
 }
 
 async fn require_admin(
@@ -347,6 +359,7 @@ impl std::io::Write for ChannelWriter {
 
 /// Runs the server until SIGINT or SIGTERM, then finishes in-flight requests and checkpoints.
 pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    let registry = Arc::new(config.registry()?);
     let journal = Journal::open_dir(data_dir, config.journal.options())?;
     let admin = AdminToken::resolve(config.server.admin_token.as_deref(), data_dir)?;
     let started = NewEvent::new(&NodeStarted {
@@ -357,11 +370,26 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     })?
     .actor("system");
     journal.append_one(started).await?;
+    let admin = Arc::new(admin);
+    let bus = isnad_pipeline::Bus::new(journal.clone());
+    let mut runner = isnad_pipeline::Runner::new(bus.clone());
+    runner.spawn(isnad_inference::stages::PassThroughGuardrail)?;
+    runner.spawn(isnad_inference::stages::Router::new(registry.clone()))?;
+    runner.spawn(isnad_inference::stages::Inference::new(
+        registry.clone(),
+        journal.clone(),
+    ))?;
+    let gateway = crate::gateway::Gateway {
+        bus,
+        registry,
+        admin: admin.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+    };
     let state = AppState {
         journal: journal.clone(),
-        admin: Arc::new(admin),
+        admin,
     };
-    let router = app(state, &config);
+    let router = app(state, gateway, &config);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node_id = %journal.node_id(), "isnad listening");
@@ -371,6 +399,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     tracing::info!("shutting down: checkpointing the journal");
+    runner.stop();
     journal.shutdown().await?;
     Ok(())
 }

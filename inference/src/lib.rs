@@ -1,0 +1,45 @@
+//! Inference providers and the model registry.
+//!
+//! - [`registry`]: models from configuration (id, provider, upstream name, residency, languages,
+//!   prices, context length, fallbacks), checked at load with errors naming the key path.
+//! - [`upstream`]: an OpenAI-compatible upstream (vLLM, llama.cpp's server, TGI, Ollama, another
+//!   isnad): pooled connections, HTTP/2 where offered, connect and read timeouts, retries with
+//!   backoff on connect errors, 429 and 5xx, and streaming passed through chunk by chunk.
+//! - [`egress`]: the only door out of the process. A request to a host that is not a configured
+//!   upstream is refused before any socket is opened, and redirects are never followed.
+
+pub mod egress;
+pub mod registry;
+pub mod stages;
+pub mod upstream;
+
+/// Errors from providers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The destination is not a configured upstream.
+    #[error("egress refused: {0} is not a configured upstream")]
+    Egress(String),
+    /// Could not connect (after retries).
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The upstream answered with an error status.
+    #[error("upstream returned {status}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// Body (the upstream's error message, for logs).
+        body: String,
+    },
+    /// The stream broke after it started.
+    #[error("upstream stream failed: {0}")]
+    Stream(String),
+    /// Bad configuration or input.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,344 @@
+//! Models and providers from configuration, checked once at load: every error names its key path
+//! (`models[1].fallbacks[0]: unknown model "x"`).
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+use crate::{egress::EgressPolicy, upstream::Upstream, Error, Result};
+
+/// `[providers.NAME]`: an OpenAI-compatible server inside the boundary.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Base URL including `/v1`, e.g. `http://10.0.0.5:8000/v1`.
+    pub base_url: String,
+    /// Environment variable holding the upstream's API key, if it needs one.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Connect timeout.
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    /// Timeout between bytes of a response.
+    #[serde(default = "default_read_ms")]
+    pub read_timeout_ms: u64,
+    /// Retries on connect errors, 429 and 5xx (before any byte was streamed to the client).
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+}
+
+fn default_connect_ms() -> u64 {
+    2_000
+}
+fn default_read_ms() -> u64 {
+    60_000
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// Where a model runs relative to the data boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Residency {
+    /// In-process or an in-boundary upstream.
+    Local,
+    /// Outside the boundary: sensitive data must never reach it.
+    External,
+}
+
+impl Residency {
+    /// `local` or `external`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::External => "external",
+        }
+    }
+}
+
+/// What a model does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Chat completions.
+    Chat,
+    /// Embeddings.
+    Embedding,
+}
+
+/// `[[models]]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Id clients use.
+    pub id: String,
+    /// Name of a `[providers.NAME]` section.
+    pub provider: String,
+    /// Model name the upstream knows (default: `id`).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Chat or embedding.
+    #[serde(default = "default_kind")]
+    pub kind: ModelKind,
+    /// Residency.
+    pub residency: Residency,
+    /// Languages the model serves well (ISO 639-1).
+    #[serde(default)]
+    pub languages: Vec<String>,
+    /// Price per 1k input tokens.
+    #[serde(default)]
+    pub price_per_1k_input: f64,
+    /// Price per 1k output tokens.
+    #[serde(default)]
+    pub price_per_1k_output: f64,
+    /// Context length in tokens.
+    #[serde(default = "default_context")]
+    pub context_length: u32,
+    /// Models tried, in order, when this one fails.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+}
+
+fn default_kind() -> ModelKind {
+    ModelKind::Chat
+}
+fn default_context() -> u32 {
+    8192
+}
+
+/// A checked model with its provider.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// Configuration.
+    pub config: ModelConfig,
+    /// Provider name.
+    pub provider_name: String,
+    /// Provider.
+    pub upstream: Arc<Upstream>,
+}
+
+impl Model {
+    /// Name the upstream knows.
+    pub fn upstream_model(&self) -> &str {
+        self.config
+            .upstream_model
+            .as_deref()
+            .unwrap_or(&self.config.id)
+    }
+}
+
+/// All models, by id, in configuration order.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    models: Vec<Model>,
+    default_chat: Option<String>,
+    egress: EgressPolicy,
+}
+
+impl Registry {
+    /// Checks and builds the registry; the egress policy allows exactly the providers' origins.
+    pub fn load(
+        providers: &BTreeMap<String, ProviderConfig>,
+        models: &[ModelConfig],
+        default_chat: Option<&str>,
+    ) -> Result<Self> {
+        let mut egress = EgressPolicy::deny_all();
+        let mut built: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
+        for (name, p) in providers {
+            let url = Url::parse(&p.base_url)
+                .map_err(|e| Error::Invalid(format!("providers.{name}.base_url: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(Error::Invalid(format!(
+                    "providers.{name}.base_url: scheme must be http or https"
+                )));
+            }
+            egress
+                .allow(&url)
+                .map_err(|e| Error::Invalid(format!("providers.{name}.base_url: {e}")))?;
+            let api_key = match &p.api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    Error::Invalid(format!(
+                        "providers.{name}.api_key_env: environment variable {var} is not set"
+                    ))
+                })?),
+                None => None,
+            };
+            let upstream = Upstream::new(
+                name,
+                url,
+                api_key,
+                Duration::from_millis(p.connect_timeout_ms),
+                Duration::from_millis(p.read_timeout_ms),
+                p.max_retries,
+            )?;
+            built.insert(name, Arc::new(upstream));
+        }
+        let mut out: Vec<Model> = Vec::new();
+        for (i, m) in models.iter().enumerate() {
+            if m.id.is_empty() || m.id.contains(char::is_whitespace) {
+                return Err(Error::Invalid(format!(
+                    "models[{i}].id: must be non-empty without spaces"
+                )));
+            }
+            if out.iter().any(|o| o.config.id == m.id) {
+                return Err(Error::Invalid(format!(
+                    "models[{i}].id: duplicate model id \"{}\"",
+                    m.id
+                )));
+            }
+            let upstream = built.get(m.provider.as_str()).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "models[{i}].provider: unknown provider \"{}\"",
+                    m.provider
+                ))
+            })?;
+            out.push(Model {
+                config: m.clone(),
+                provider_name: m.provider.clone(),
+                upstream: upstream.clone(),
+            });
+        }
+        for (i, m) in models.iter().enumerate() {
+            for (j, f) in m.fallbacks.iter().enumerate() {
+                let Some(target) = out.iter().find(|o| &o.config.id == f) else {
+                    return Err(Error::Invalid(format!(
+                        "models[{i}].fallbacks[{j}]: unknown model \"{f}\""
+                    )));
+                };
+                if target.config.kind != m.kind {
+                    return Err(Error::Invalid(format!(
+                        "models[{i}].fallbacks[{j}]: \"{f}\" is not a {:?} model",
+                        m.kind
+                    )));
+                }
+            }
+        }
+        if let Some(d) = default_chat {
+            match out.iter().find(|o| o.config.id == d) {
+                Some(m) if m.config.kind == ModelKind::Chat => {}
+                Some(_) => {
+                    return Err(Error::Invalid(format!(
+                        "routing.default_model: \"{d}\" is not a chat model"
+                    )))
+                }
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "routing.default_model: unknown model \"{d}\""
+                    )))
+                }
+            }
+        }
+        let default_chat = default_chat.map(str::to_owned).or_else(|| {
+            out.iter()
+                .find(|m| m.config.kind == ModelKind::Chat)
+                .map(|m| m.config.id.clone())
+        });
+        Ok(Self {
+            models: out,
+            default_chat,
+            egress,
+        })
+    }
+
+    /// A model by id.
+    pub fn get(&self, id: &str) -> Option<&Model> {
+        self.models.iter().find(|m| m.config.id == id)
+    }
+
+    /// All models.
+    pub fn all(&self) -> &[Model] {
+        &self.models
+    }
+
+    /// The model `auto-router` uses.
+    pub fn default_chat(&self) -> Option<&Model> {
+        self.default_chat.as_deref().and_then(|d| self.get(d))
+    }
+
+    /// The egress policy derived from the providers.
+    pub fn egress(&self) -> &EgressPolicy {
+        &self.egress
+    }
+
+    /// The model followed by its fallbacks, each once.
+    pub fn with_fallbacks(&self, id: &str) -> Vec<&Model> {
+        let mut out: Vec<&Model> = Vec::new();
+        let mut queue = vec![id.to_owned()];
+        while let Some(next) = queue.pop() {
+            if out.iter().any(|m| m.config.id == next) {
+                continue;
+            }
+            if let Some(m) = self.get(&next) {
+                out.push(m);
+                queue.extend(m.config.fallbacks.iter().rev().cloned());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(url: &str) -> ProviderConfig {
+        ProviderConfig {
+            base_url: url.into(),
+            api_key_env: None,
+            connect_timeout_ms: 100,
+            read_timeout_ms: 100,
+            max_retries: 0,
+        }
+    }
+
+    fn model(id: &str, provider: &str, fallbacks: &[&str]) -> ModelConfig {
+        ModelConfig {
+            id: id.into(),
+            provider: provider.into(),
+            upstream_model: None,
+            kind: ModelKind::Chat,
+            residency: Residency::Local,
+            languages: vec![],
+            price_per_1k_input: 0.0,
+            price_per_1k_output: 0.0,
+            context_length: 4096,
+            fallbacks: fallbacks.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let providers = BTreeMap::from([("a".to_owned(), provider("http://127.0.0.1:9/v1"))]);
+        let e = Registry::load(&providers, &[model("m", "b", &[])], None).unwrap_err();
+        assert!(e.to_string().contains("models[0].provider"), "{e}");
+        let e = Registry::load(&providers, &[model("m", "a", &["x"])], None).unwrap_err();
+        assert!(e.to_string().contains("models[0].fallbacks[0]"), "{e}");
+        let e = Registry::load(&providers, &[model("m", "a", &[])], Some("z")).unwrap_err();
+        assert!(e.to_string().contains("routing.default_model"), "{e}");
+        let bad = BTreeMap::from([("a".to_owned(), provider("ftp://x/v1"))]);
+        assert!(Registry::load(&bad, &[], None)
+            .unwrap_err()
+            .to_string()
+            .contains("providers.a.base_url"));
+    }
+
+    #[test]
+    fn fallbacks_are_ordered_and_cycle_free() {
+        let providers = BTreeMap::from([("a".to_owned(), provider("http://127.0.0.1:9/v1"))]);
+        let models = [
+            model("m1", "a", &["m2", "m3"]),
+            model("m2", "a", &["m1"]),
+            model("m3", "a", &[]),
+        ];
+        let r = Registry::load(&providers, &models, None).unwrap();
+        let chain: Vec<&str> = r
+            .with_fallbacks("m1")
+            .iter()
+            .map(|m| m.config.id.as_str())
+            .collect();
+        assert_eq!(chain, ["m1", "m2", "m3"]);
+        assert_eq!(r.default_chat().unwrap().config.id, "m1");
+    }
+}

@@ -1,0 +1,566 @@
+//! The request path's routing and inference stages.
+//!
+//! ```text
+//! request.received ─► guardrail ─► guardrail.evaluated ─► router ─► route.selected ─► inference
+//!                                                                        │
+//!        completion.finished / model.fallback / request.rejected ◄──────┘
+//! ```
+//!
+//! The request itself (body, response channel) rides along as an in-RAM [`InferenceRequest`]
+//! attachment; events carry only hashes and counts. The inference stage returns at once and
+//! serves each request in its own task, so one slow upstream never holds up the others.
+
+use std::{sync::Arc, time::Instant};
+
+use futures_util::StreamExt as _;
+use isnad_journal::{Entry, Journal};
+use isnad_pipeline::{Attachment, Stage};
+use isnad_schemas::{
+    CompletionFinished, EventId, GuardrailEvaluated, ModelFallback, NewEvent, RequestRejected,
+    RouteSelected,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::{registry::Registry, upstream::SseParser, Error};
+
+/// Which OpenAI endpoint a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/embeddings`.
+    Embeddings,
+}
+
+impl Endpoint {
+    /// Path under the upstream's `/v1/`.
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            Self::Chat => "chat/completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+
+    /// The public path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/v1/chat/completions",
+            Self::Embeddings => "/v1/embeddings",
+        }
+    }
+}
+
+/// What the inference stage sends back to the waiting handler, in order.
+#[derive(Debug)]
+pub enum Item {
+    /// The route chosen (first item).
+    Routed {
+        /// Model id.
+        model: String,
+        /// `local` or `external`.
+        residency: &'static str,
+        /// Route or policy name.
+        policy: String,
+    },
+    /// A complete non-streaming answer.
+    Json(Value),
+    /// One SSE `data:` payload, passed through as received.
+    Chunk(String),
+    /// The request failed; nothing (more) will come from the model.
+    Failed {
+        /// HTTP status for the client.
+        status: u16,
+        /// Error code.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// Everything is journaled; the handler waits for `seq` to be durable, then finishes.
+    Done {
+        /// Seq of the request's last event.
+        seq: u64,
+    },
+}
+
+/// The in-RAM attachment of a chat or embeddings request.
+pub struct InferenceRequest {
+    /// Endpoint.
+    pub endpoint: Endpoint,
+    /// The client's body, passed through (with `model` replaced by the upstream's name).
+    pub body: Value,
+    /// Model the client asked for.
+    pub requested_model: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Back to the handler.
+    pub tx: mpsc::Sender<Item>,
+    /// When the request arrived.
+    pub started: Instant,
+}
+
+fn request_of(a: Option<&Attachment>) -> Option<&InferenceRequest> {
+    a.and_then(|a| a.downcast_ref::<InferenceRequest>())
+}
+
+fn sha256_tag(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// The guardrail's place in the path until the guardrail issue fills it: it records that the
+/// request was looked at and lets it through.
+pub struct PassThroughGuardrail;
+
+impl Stage for PassThroughGuardrail {
+    fn name(&self) -> &str {
+        "guardrail"
+    }
+
+    fn wants(&self, e: &Entry) -> bool {
+        e.event.kind == "request.received"
+    }
+
+    async fn handle(
+        &mut self,
+        _e: Arc<Entry>,
+        _a: Option<Attachment>,
+    ) -> Result<Vec<NewEvent>, String> {
+        let ev = GuardrailEvaluated {
+            action: "allow".into(),
+            findings: vec![],
+            policy: "pass-through".into(),
+        };
+        Ok(vec![NewEvent::new(&ev).map_err(|e| e.to_string())?])
+    }
+}
+
+/// Picks the model: the one asked for, or the configured default for `auto-router`.
+pub struct Router {
+    registry: Arc<Registry>,
+}
+
+impl Router {
+    /// A router over `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+}
+
+/// The model id that means "let isnad choose".
+pub const AUTO_ROUTER: &str = "auto-router";
+
+impl Stage for Router {
+    fn name(&self) -> &str {
+        "router"
+    }
+
+    fn wants(&self, e: &Entry) -> bool {
+        e.event.kind == "guardrail.evaluated"
+    }
+
+    async fn handle(
+        &mut self,
+        _e: Arc<Entry>,
+        a: Option<Attachment>,
+    ) -> Result<Vec<NewEvent>, String> {
+        // Replayed after a restart: the request died with the process; nothing to route.
+        let Some(req) = request_of(a.as_ref()) else {
+            return Ok(vec![]);
+        };
+        let (model, policy) = if req.requested_model == AUTO_ROUTER {
+            (self.registry.default_chat(), "default")
+        } else {
+            (self.registry.get(&req.requested_model), "requested")
+        };
+        let Some(model) = model else {
+            return Ok(vec![]); // the handler checked the model exists; config cannot change underneath
+        };
+        let ev = RouteSelected {
+            requested_model: req.requested_model.clone(),
+            model: model.config.id.clone(),
+            provider: model.provider_name.clone(),
+            residency: model.config.residency.as_str().into(),
+            policy: policy.into(),
+        };
+        Ok(vec![NewEvent::new(&ev).map_err(|e| e.to_string())?])
+    }
+}
+
+/// Calls the chosen model (and its fallbacks) and streams the answer back to the handler.
+pub struct Inference {
+    registry: Arc<Registry>,
+    journal: Journal,
+}
+
+impl Inference {
+    /// An inference stage appending its outcome events to `journal`.
+    pub fn new(registry: Arc<Registry>, journal: Journal) -> Self {
+        Self { registry, journal }
+    }
+}
+
+impl Stage for Inference {
+    fn name(&self) -> &str {
+        "inference"
+    }
+
+    fn wants(&self, e: &Entry) -> bool {
+        e.event.kind == "route.selected"
+    }
+
+    async fn handle(
+        &mut self,
+        e: Arc<Entry>,
+        a: Option<Attachment>,
+    ) -> Result<Vec<NewEvent>, String> {
+        let Some(attachment) = a else {
+            return Ok(vec![]);
+        };
+        if request_of(Some(&attachment)).is_none() {
+            return Ok(vec![]);
+        }
+        let route: RouteSelected = e.event.payload_as().map_err(|e| e.to_string())?;
+        let registry = self.registry.clone();
+        let journal = self.journal.clone();
+        tokio::spawn(async move {
+            if let Some(req) = request_of(Some(&attachment)) {
+                serve(registry, journal, e, route, req).await;
+            }
+        });
+        Ok(vec![])
+    }
+}
+
+/// Outcome events get ids derived from the route event, so they are unique and stable.
+fn outcome(input: &Entry, n: usize, ev: NewEvent) -> NewEvent {
+    let ms = u64::try_from(input.event.timestamp_us / 1000).unwrap_or(0);
+    let mut ev = ev.with_id(EventId::derived(
+        ms,
+        format!("inference\u{0}{}\u{0}{n}", input.event.id).as_bytes(),
+    ));
+    ev.request_id = input.event.request_id.clone();
+    ev.team = input.event.team.clone();
+    ev.actor = input.event.actor.clone();
+    ev
+}
+
+fn upstream_failure(e: &Error) -> (u16, &'static str) {
+    match e {
+        Error::Timeout => (504, "upstream_timeout"),
+        Error::Connect(_) => (503, "upstream_unavailable"),
+        Error::Status { status: 429, .. } => (429, "upstream_rate_limited"),
+        Error::Egress(_) => (502, "egress_refused"),
+        _ => (502, "upstream_error"),
+    }
+}
+
+async fn serve(
+    registry: Arc<Registry>,
+    journal: Journal,
+    input: Arc<Entry>,
+    route: RouteSelected,
+    req: &InferenceRequest,
+) {
+    let tx = &req.tx;
+    let chain = registry.with_fallbacks(&route.model);
+    let Some(first) = chain.first() else { return };
+    let _ = tx
+        .send(Item::Routed {
+            model: first.config.id.clone(),
+            residency: first.config.residency.as_str(),
+            policy: route.policy.clone(),
+        })
+        .await;
+    let mut n = 0usize;
+    let mut last_error = None;
+    for (i, model) in chain.iter().enumerate() {
+        let mut body = req.body.clone();
+        body["model"] = Value::String(model.upstream_model().to_owned());
+        let path = req.endpoint.upstream_path();
+        let result = if req.stream {
+            stream_one(model.upstream.as_ref(), path, &body, req, &model.config.id).await
+        } else {
+            json_one(model.upstream.as_ref(), path, &body, req, &model.config.id).await
+        };
+        match result {
+            Ok(done) => {
+                let ev = CompletionFinished {
+                    model: model.config.id.clone(),
+                    prompt_tokens: done.prompt_tokens,
+                    completion_tokens: done.completion_tokens,
+                    latency_us: req.started.elapsed().as_micros() as u64,
+                    ttft_us: done.ttft_us,
+                    completion_hash: done.hash,
+                    finish_reason: done.finish_reason,
+                };
+                finish(
+                    &journal,
+                    tx,
+                    NewEvent::new(&ev).map(|ev| outcome(&input, n, ev)),
+                )
+                .await;
+                return;
+            }
+            Err(Attempt::Retryable(e)) => {
+                if let Some(next) = chain.get(i + 1) {
+                    let fb = ModelFallback {
+                        from_model: model.config.id.clone(),
+                        to_model: next.config.id.clone(),
+                        error: e.to_string(),
+                    };
+                    if let Ok(ev) = NewEvent::new(&fb) {
+                        let _ = journal.append_sequenced(vec![outcome(&input, n, ev)]).await;
+                        n += 1;
+                    }
+                }
+                last_error = Some(e);
+            }
+            Err(Attempt::Final {
+                finish_reason,
+                error,
+                partial,
+            }) => {
+                // Some of the answer already reached the client: no fallback can take it back.
+                let (status, code) = error
+                    .as_ref()
+                    .map_or((499, "client_disconnected"), upstream_failure);
+                if let Some(e) = &error {
+                    let _ = tx
+                        .send(Item::Failed {
+                            status,
+                            code,
+                            message: e.to_string(),
+                        })
+                        .await;
+                }
+                let ev = CompletionFinished {
+                    model: model.config.id.clone(),
+                    prompt_tokens: partial.prompt_tokens,
+                    completion_tokens: partial.completion_tokens,
+                    latency_us: req.started.elapsed().as_micros() as u64,
+                    ttft_us: partial.ttft_us,
+                    completion_hash: partial.hash,
+                    finish_reason,
+                };
+                finish(
+                    &journal,
+                    tx,
+                    NewEvent::new(&ev).map(|ev| outcome(&input, n, ev)),
+                )
+                .await;
+                return;
+            }
+        }
+    }
+    let e = last_error.unwrap_or(Error::Invalid("no model to try".into()));
+    let (status, code) = upstream_failure(&e);
+    let _ = tx
+        .send(Item::Failed {
+            status,
+            code,
+            message: format!("all models failed; last error: {e}"),
+        })
+        .await;
+    let rejected = RequestRejected {
+        endpoint: req.endpoint.path().into(),
+        status,
+        code: code.into(),
+        message: e.to_string(),
+    };
+    finish(
+        &journal,
+        tx,
+        NewEvent::new(&rejected).map(|ev| outcome(&input, n, ev)),
+    )
+    .await;
+}
+
+async fn finish(journal: &Journal, tx: &mpsc::Sender<Item>, ev: isnad_schemas::Result<NewEvent>) {
+    let appended = match ev {
+        Ok(ev) => journal
+            .append_sequenced(vec![ev])
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match appended {
+        Ok(r) => {
+            let _ = tx.send(Item::Done { seq: r[0].seq }).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot journal the outcome of a request");
+            let _ = tx
+                .send(Item::Failed {
+                    status: 503,
+                    code: "journal_unavailable",
+                    message: "the activity journal is unavailable".into(),
+                })
+                .await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Done {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    ttft_us: Option<u64>,
+    hash: String,
+    finish_reason: String,
+}
+
+enum Attempt {
+    /// Nothing reached the client: the next fallback may try.
+    Retryable(Error),
+    /// Part of the answer reached the client (or the client left).
+    Final {
+        finish_reason: String,
+        error: Option<Error>,
+        partial: Done,
+    },
+}
+
+fn usage(v: &Value) -> (u64, u64) {
+    (
+        v["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+        v["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+    )
+}
+
+async fn json_one(
+    up: &crate::upstream::Upstream,
+    path: &str,
+    body: &Value,
+    req: &InferenceRequest,
+    model_id: &str,
+) -> Result<Done, Attempt> {
+    let mut v = up.json(path, body).await.map_err(Attempt::Retryable)?;
+    let (prompt_tokens, completion_tokens) = usage(&v);
+    let text = v["choices"][0]["message"].to_string();
+    let finish_reason = v["choices"][0]["finish_reason"]
+        .as_str()
+        .unwrap_or(if req.endpoint == Endpoint::Embeddings {
+            "embedding"
+        } else {
+            "stop"
+        })
+        .to_owned();
+    let hash = sha256_tag(
+        if req.endpoint == Endpoint::Embeddings {
+            v["data"].to_string()
+        } else {
+            text
+        }
+        .as_bytes(),
+    );
+    v["model"] = Value::String(model_id.to_owned());
+    if req.tx.send(Item::Json(v)).await.is_err() {
+        return Err(Attempt::Final {
+            finish_reason: "client_disconnected".into(),
+            error: None,
+            partial: Done {
+                prompt_tokens,
+                completion_tokens,
+                ttft_us: None,
+                hash,
+                finish_reason: String::new(),
+            },
+        });
+    }
+    Ok(Done {
+        prompt_tokens,
+        completion_tokens,
+        ttft_us: None,
+        hash,
+        finish_reason,
+    })
+}
+
+async fn stream_one(
+    up: &crate::upstream::Upstream,
+    path: &str,
+    body: &Value,
+    req: &InferenceRequest,
+    model_id: &str,
+) -> Result<Done, Attempt> {
+    let mut upstream = Box::pin(up.stream(path, body).await.map_err(Attempt::Retryable)?);
+    let mut parser = SseParser::default();
+    let mut hasher = Sha256::new();
+    let mut done = Done {
+        finish_reason: "stop".into(),
+        ..Done::default()
+    };
+    let mut chunks = 0u64;
+    let mut saw_done = false;
+    let finalise = |mut d: Done, h: Sha256| {
+        d.hash = format!("sha256:{}", hex::encode(h.finalize()));
+        d
+    };
+    while let Some(bytes) = upstream.next().await {
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                // Mid-stream failure: tell the client with an SSE error, journal what was sent.
+                if chunks == 0 {
+                    return Err(Attempt::Retryable(e));
+                }
+                return Err(Attempt::Final {
+                    finish_reason: "error".into(),
+                    error: Some(e),
+                    partial: finalise(done, hasher),
+                });
+            }
+        };
+        for data in parser.push(&bytes) {
+            if data == "[DONE]" {
+                saw_done = true;
+                continue;
+            }
+            let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
+                continue;
+            };
+            if done.ttft_us.is_none() {
+                done.ttft_us = Some(req.started.elapsed().as_micros() as u64);
+            }
+            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                hasher.update(c.as_bytes());
+                done.completion_tokens += 1;
+            }
+            if let Some(args) =
+                v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            {
+                hasher.update(args.as_bytes());
+            }
+            if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+                done.finish_reason = f.to_owned();
+            }
+            if v["usage"].is_object() {
+                let (p, c) = usage(&v);
+                done.prompt_tokens = p;
+                done.completion_tokens = c;
+            }
+            v["model"] = Value::String(model_id.to_owned());
+            chunks += 1;
+            if req.tx.send(Item::Chunk(v.to_string())).await.is_err() {
+                return Err(Attempt::Final {
+                    finish_reason: "client_disconnected".into(),
+                    error: None,
+                    partial: finalise(done, hasher),
+                });
+            }
+        }
+    }
+    if !saw_done {
+        let e = Error::Stream("upstream closed the stream before [DONE]".into());
+        if chunks == 0 {
+            return Err(Attempt::Retryable(e));
+        }
+        return Err(Attempt::Final {
+            finish_reason: "error".into(),
+            error: Some(e),
+            partial: finalise(done, hasher),
+        });
+    }
+    Ok(finalise(done, hasher))
+}

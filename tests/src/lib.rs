@@ -27,6 +27,73 @@ pub fn isnad_bin() -> PathBuf {
     bin
 }
 
+/// A binary built beside the test executable.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` before the end-to-end tests",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `isnad-mock-upstream`.
+pub struct MockUpstream {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl MockUpstream {
+    /// Starts the mock on a free loopback port.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(workspace_bin("isnad-mock-upstream"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the mock upstream");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("mock upstream address");
+        let base = line
+            .trim()
+            .strip_prefix("mock upstream listening on ")
+            .expect("mock address line")
+            .to_owned();
+        Self { child, base }
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python interpreter with the official `openai` SDK that `scripts/test` installs.
+pub fn python_with_openai() -> PathBuf {
+    if let Ok(p) = std::env::var("ISNAD_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with the openai SDK: run ./scripts/test, which installs it into target/pyenv"
+    );
+    venv
+}
+
 /// Runs `isnad` with arguments and returns its output.
 pub fn isnad(args: &[&str]) -> Output {
     Command::new(isnad_bin())

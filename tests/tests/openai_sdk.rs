@@ -1,0 +1,222 @@
+//! The gateway driven by the official `openai` Python SDK, against the mock upstream on loopback:
+//! chat, streaming with usage, tool calls, embeddings (base64 and float), models, fallbacks, and
+//! each error status as the SDK's typed exception; then the journal is checked for every request's
+//! events, and a client that disconnects mid-stream still gets its outcome journaled.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{process::Command, time::Duration};
+
+use isnad_tests::{curl, python_with_openai, MockUpstream, Server};
+
+const TOKEN: &str = "sdk-test-token";
+
+fn config(mock: &str) -> String {
+    format!(
+        r#"
+[routing]
+default_model = "small"
+
+[providers.mock]
+base_url = "{mock}/v1"
+max_retries = 1
+
+[providers.impatient]
+base_url = "{mock}/v1"
+read_timeout_ms = 500
+max_retries = 0
+
+[providers.dead]
+base_url = "http://127.0.0.1:1/v1"
+connect_timeout_ms = 500
+max_retries = 1
+
+[[models]]
+id = "small"
+provider = "mock"
+upstream_model = "mock-small"
+residency = "local"
+languages = ["ar", "en"]
+
+[[models]]
+id = "broken"
+provider = "mock"
+upstream_model = "mock-error"
+residency = "local"
+fallbacks = ["small"]
+
+[[models]]
+id = "failing"
+provider = "mock"
+upstream_model = "mock-error"
+residency = "local"
+
+[[models]]
+id = "limited"
+provider = "mock"
+upstream_model = "mock-rate-limit"
+residency = "local"
+
+[[models]]
+id = "unreachable"
+provider = "dead"
+residency = "local"
+
+[[models]]
+id = "hanging"
+provider = "impatient"
+upstream_model = "mock-hang"
+residency = "local"
+
+[[models]]
+id = "cut"
+provider = "mock"
+upstream_model = "mock-cut"
+residency = "local"
+
+[[models]]
+id = "slow"
+provider = "mock"
+upstream_model = "mock-slow"
+residency = "local"
+
+[[models]]
+id = "embed"
+provider = "mock"
+kind = "embedding"
+residency = "local"
+"#
+    )
+}
+
+fn logs(base: &str, query: &str) -> Vec<serde_json::Value> {
+    let r = curl(
+        "GET",
+        &format!("{base}/v1/activity/logs?limit=1000&{query}"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["data"].as_array().unwrap().clone()
+}
+
+#[test]
+fn the_official_openai_sdk_works_against_isnad() {
+    let mock = MockUpstream::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("isnad.toml");
+    std::fs::write(&cfg, config(&mock.base)).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        TOKEN,
+        &["--config", cfg.to_str().unwrap()],
+    );
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/openai_sdk.py");
+    let out = Command::new(python_with_openai())
+        .args([script, &server.base, TOKEN])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "SDK checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The first request's path through the pipeline, in the journal.
+    let rid = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REQUEST_IDS "))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let kinds: Vec<String> = logs(&server.base, &format!("request_id={rid}"))
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "request.received",
+            "guardrail.evaluated",
+            "route.selected",
+            "completion.finished"
+        ]
+    );
+    let done = logs(
+        &server.base,
+        &format!("request_id={rid}&kind=completion.finished"),
+    );
+    let p = &done[0]["payload"];
+    assert!(p["completion_hash"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert!(p["prompt_tokens"].as_u64().unwrap() > 0 && p["latency_us"].as_u64().unwrap() > 0);
+
+    // Every refusal is journaled with its status.
+    let mut statuses: Vec<u64> = logs(&server.base, "kind=request.rejected")
+        .iter()
+        .map(|e| e["payload"]["status"].as_u64().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    for s in [400, 401, 404, 413, 429, 502, 503, 504] {
+        assert!(
+            statuses.contains(&s),
+            "no request.rejected with status {s}: {statuses:?}"
+        );
+    }
+    assert!(
+        !logs(&server.base, "kind=model.fallback").is_empty(),
+        "fallback journaled"
+    );
+    let cut: Vec<_> = logs(&server.base, "kind=completion.finished")
+        .into_iter()
+        .filter(|e| e["payload"]["model"] == "cut")
+        .collect();
+    assert_eq!(cut.len(), 1);
+    assert_eq!(cut[0]["payload"]["finish_reason"], "error");
+
+    // Nothing of the prompts reached the journal.
+    let everything = curl(
+        "GET",
+        &format!("{}/v1/activity/export", server.base),
+        Some(TOKEN),
+        None,
+    )
+    .body;
+    assert!(
+        !everything.contains("capital of France"),
+        "prompt text in the journal"
+    );
+
+    // A client that leaves mid-stream: the outcome is still journaled.
+    let _ = Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "0.7", "-H", &format!("Authorization: Bearer {TOKEN}"), "-d"])
+        .arg(r#"{"model":"slow","stream":true,"messages":[{"role":"user","content":"a b c d e f g h i j"}]}"#)
+        .arg(format!("{}/v1/chat/completions", server.base))
+        .output();
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = logs(&server.base, "kind=completion.finished")
+            .into_iter()
+            .filter(|e| e["payload"]["model"] == "slow")
+            .collect();
+        if !left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        left.len(),
+        1,
+        "the disconnected stream's outcome was journaled"
+    );
+    assert_eq!(left[0]["payload"]["finish_reason"], "client_disconnected");
+
+    assert!(server.stop());
+}

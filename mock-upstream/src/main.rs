@@ -195,7 +195,9 @@ fn stream(
     let pace = if model.contains("slow") {
         Some(Duration::from_millis(200))
     } else {
-        1_000_000u64.checked_div(m.args.tokens_per_sec).map(Duration::from_micros)
+        1_000_000u64
+            .checked_div(m.args.tokens_per_sec)
+            .map(Duration::from_micros)
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(32);
     tokio::spawn(async move {

@@ -45,8 +45,10 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
-    /// Time limit for one request, in milliseconds.
+    /// Time limit to a response's headers, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Gateway requests served at once; more are shed with 503 and `Retry-After`.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ServerConfig {
@@ -55,7 +57,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
             admin_token: None,
             max_body_bytes: 1024 * 1024,
-            request_timeout_ms: 30_000,
+            request_timeout_ms: 120_000,
+            max_concurrent_requests: 1024,
         }
     }
 }

@@ -8,4 +8,5 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod journal_cli;
+pub mod metrics;
 pub mod server;

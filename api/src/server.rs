@@ -1,15 +1,15 @@
 //! The HTTP server: health, and the activity journal API (entries with filters and pagination,
 //! checkpoints, proofs, export). Handlers parse, authorise, call the journal, shape the response.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
-    extract::{rejection::QueryRejection, Query, Request, State},
+    extract::{rejection::QueryRejection, FromRef, Query, Request, State},
     http::{header, HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
@@ -19,7 +19,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::{auth::AdminToken, config::Config, error::ApiError};
+use futures_util::StreamExt as _;
+
+use crate::{
+    auth::AdminToken, config::Config, error::ApiError, gateway::Gateway, metrics::Metrics,
+};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -28,21 +32,32 @@ pub struct AppState {
     pub journal: Journal,
     /// Hash of the admin token.
     pub admin: Arc<AdminToken>,
+    /// The OpenAI-compatible gateway.
+    pub gateway: Gateway,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Requests the gateway serves at once; beyond this it sheds load with 503.
+    pub limit: Arc<tokio::sync::Semaphore>,
+    /// Time limit to response headers.
+    pub request_timeout: Duration,
+}
+
+impl FromRef<AppState> for Gateway {
+    fn from_ref(s: &AppState) -> Self {
+        s.gateway.clone()
+    }
 }
 
 /// The router, without a socket (tests call it directly).
-pub fn app(state: AppState, gateway: crate::gateway::Gateway, config: &Config) -> Router {
-    let openai: Router = Router::new()
+pub fn app(state: AppState, config: &Config) -> Router {
+    let openai = Router::new()
         .route(
             "/v1/chat/completions",
-            axum::routing::post(crate::gateway::chat_completions),
+            post(crate::gateway::chat_completions),
         )
-        .route(
-            "/v1/embeddings",
-            axum::routing::post(crate::gateway::embeddings),
-        )
+        .route("/v1/embeddings", post(crate::gateway::embeddings))
         .route("/v1/models", get(crate::gateway::models))
-        .with_state(gateway);
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits));
     let v1 = Router::new()
         .route("/v1/activity/logs", get(logs_get).post(logs_post))
         .route("/v1/activity/checkpoint", get(checkpoint))
@@ -52,13 +67,59 @@ pub fn app(state: AppState, gateway: crate::gateway::Gateway, config: &Config) -
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(v1)
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .with_state(state)
         .merge(openai)
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(
             config.server.max_body_bytes,
         ))
+        .with_state(state)
+}
+
+/// Concurrency limit with load shedding, a time limit to response headers, and HTTP metrics.
+/// The concurrency permit is held until a streamed body ends, not just until its headers.
+async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let path = req.uri().path().to_owned();
+    let Ok(permit) = state.limit.clone().try_acquire_owned() else {
+        state.metrics.observe_shed();
+        let mut resp = ApiError::Upstream {
+            status: 503,
+            code: "server_overloaded",
+            message: "isnad is at its concurrency limit; retry shortly".into(),
+        }
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        state.metrics.observe_http(&path, 503, started.elapsed());
+        return resp;
+    };
+    let resp = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Upstream {
+            status: 504,
+            code: "request_timeout",
+            message: "the request took too long".into(),
+        }
+        .into_response(),
+    };
+    state
+        .metrics
+        .observe_http(&path, resp.status().as_u16(), started.elapsed());
+    let (parts, body) = resp.into_parts();
+    let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    }));
+    Response::from_parts(parts, body)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state
+        .metrics
+        .render(&state.journal, state.gateway.bus.attachments_in_flight());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn require_admin(
@@ -379,17 +440,25 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         registry.clone(),
         journal.clone(),
     ))?;
-    let gateway = crate::gateway::Gateway {
+    let gateway = Gateway {
         bus,
         registry,
         admin: admin.clone(),
         max_body_bytes: config.server.max_body_bytes,
     };
+    let metrics = Arc::new(Metrics::default());
+    let follower = metrics.follow(&journal);
     let state = AppState {
         journal: journal.clone(),
         admin,
+        gateway,
+        metrics,
+        limit: Arc::new(tokio::sync::Semaphore::new(
+            config.server.max_concurrent_requests.max(1),
+        )),
+        request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
     };
-    let router = app(state, gateway, &config);
+    let router = app(state, &config);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, node_id = %journal.node_id(), "isnad listening");
@@ -400,6 +469,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         .await?;
     tracing::info!("shutting down: checkpointing the journal");
     runner.stop();
+    follower.abort();
     journal.shutdown().await?;
     Ok(())
 }

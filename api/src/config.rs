@@ -49,6 +49,11 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// Gateway requests served at once; more are shed with 503 and `Retry-After`.
     pub max_concurrent_requests: usize,
+    /// TLS 1.3 (and optional mTLS). Without it, plain HTTP is served on loopback addresses only,
+    /// unless `plain_http = true`.
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// Allow plain HTTP on a non-loopback address (behind a TLS-terminating proxy, say).
+    pub plain_http: bool,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +64,8 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 120_000,
             max_concurrent_requests: 1024,
+            tls: None,
+            plain_http: false,
         }
     }
 }

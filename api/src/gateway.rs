@@ -9,7 +9,7 @@ use axum::{
     extract::{rejection::BytesRejection, State},
     http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use isnad_inference::{
     registry::{ModelKind, Registry},
@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::{auth::AdminToken, error::ApiError};
+use crate::{auth::AdminToken, error::ApiError, tls::ClientIdentity};
 
 /// What the gateway handlers share.
 #[derive(Clone)]
@@ -231,19 +231,30 @@ fn validate_embeddings(v: &Value) -> Result<(), ApiError> {
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(
     State(gw): State<Gateway>,
+    identity: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(gw, headers, body, Endpoint::Chat).await
+    handle(gw, actor(identity), headers, body, Endpoint::Chat).await
 }
 
 /// `POST /v1/embeddings`
 pub async fn embeddings(
     State(gw): State<Gateway>,
+    identity: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(gw, headers, body, Endpoint::Embeddings).await
+    handle(gw, actor(identity), headers, body, Endpoint::Embeddings).await
+}
+
+/// The actor journaled for a request: the verified client certificate's identity under mTLS,
+/// else the admin key (the only key until access control lands).
+fn actor(identity: Option<Extension<ClientIdentity>>) -> String {
+    identity.map_or_else(
+        || "admin".to_owned(),
+        |Extension(ClientIdentity(id))| format!("cert:{id}"),
+    )
 }
 
 /// Detaches the request's attachment however the response ends (including a client that leaves).
@@ -260,6 +271,7 @@ impl Drop for Detach {
 
 async fn handle(
     gw: Gateway,
+    actor: String,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     endpoint: Endpoint,
@@ -329,7 +341,7 @@ async fn handle(
         client_ip: None,
     };
     let event = match NewEvent::new(&received) {
-        Ok(e) => e.request_id(&trace.request_id).actor("admin"),
+        Ok(e) => e.request_id(&trace.request_id).actor(actor.clone()),
         Err(e) => return ApiError::Internal(e.to_string()).into_response(),
     };
     let detach = Detach {

@@ -10,3 +10,4 @@ pub mod gateway;
 pub mod journal_cli;
 pub mod metrics;
 pub mod server;
+pub mod tls;

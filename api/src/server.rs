@@ -420,6 +420,14 @@ impl std::io::Write for ChannelWriter {
 
 /// Runs the server until SIGINT or SIGTERM, then finishes in-flight requests and checkpoints.
 pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
+    let tls = match &config.server.tls {
+        Some(t) => Some(crate::tls::server_config(t)?),
+        None if listen.ip().is_loopback() || config.server.plain_http => None,
+        None => anyhow::bail!(
+            "refusing plain HTTP on {listen}: configure [server.tls], listen on a loopback address, \
+             or set server.plain_http = true"
+        ),
+    };
     let registry = Arc::new(config.registry()?);
     let journal = Journal::open_dir(data_dir, config.journal.options())?;
     let admin = AdminToken::resolve(config.server.admin_token.as_deref(), data_dir)?;
@@ -461,12 +469,18 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     let router = app(state, &config);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, node_id = %journal.node_id(), "isnad listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, node_id = %journal.node_id(), scheme, "isnad listening");
     // The one line scripts and tests wait for.
-    println!("isnad listening on http://{addr}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    println!("isnad listening on {scheme}://{addr}");
+    match tls {
+        Some(tls) => crate::tls::serve(listener, tls, router, shutdown_signal()).await,
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?
+        }
+    }
     tracing::info!("shutting down: checkpointing the journal");
     runner.stop();
     follower.abort();

@@ -113,5 +113,13 @@ try:
 except openai.APIError as e:
     check("cut stream raises", len(got) >= 2, f"{len(got)} chunks before {e}")
 
+# A stream whose upstream never answers ends with an SSE error object, not a silent close.
+try:
+    for c in client.chat.completions.create(model="hanging", messages=MSG, stream=True):
+        pass
+    check("hung stream raises", False, "stream ended without an error")
+except openai.APIError as e:
+    check("hung stream raises", "timed out" in str(e), str(e))
+
 print(f"REQUEST_IDS {' '.join(request_ids)}")
 print(f"{passed} passed, 0 failed")

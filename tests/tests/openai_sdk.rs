@@ -218,5 +218,9 @@ fn the_official_openai_sdk_works_against_isnad() {
     );
     assert_eq!(left[0]["payload"]["finish_reason"], "client_disconnected");
 
+    // No request is left holding memory once its client is gone.
+    let metrics = curl("GET", &format!("{}/metrics", server.base), None, None).body;
+    assert!(metrics.contains("isnad_requests_in_flight 0"), "{metrics}");
+
     assert!(server.stop());
 }

@@ -25,6 +25,14 @@ pub enum ApiError {
     /// 404: no such thing.
     #[error("{0}")]
     NotFound(String),
+    /// 422: well-formed, but the chosen model cannot do what is asked.
+    #[error("{message}")]
+    Unprocessable {
+        /// What cannot be done.
+        message: String,
+        /// Offending parameter.
+        param: String,
+    },
     /// 404: unknown model.
     #[error("the model `{0}` does not exist or you do not have access to it")]
     ModelNotFound(String),
@@ -65,6 +73,7 @@ impl ApiError {
             Self::Unauthorized => (401, "invalid_api_key"),
             Self::NotFound(_) => (404, "not_found"),
             Self::ModelNotFound(_) => (404, "model_not_found"),
+            Self::Unprocessable { .. } => (422, "unsupported_parameter"),
             Self::PayloadTooLarge(_) => (413, "payload_too_large"),
             Self::Upstream { status, code, .. } => (*status, code),
             Self::Unavailable => (503, "journal_unavailable"),
@@ -94,54 +103,25 @@ impl From<isnad_journal::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind, code) = match &self {
-            Self::BadRequest { .. } => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_request",
-            ),
-            Self::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "invalid_api_key",
-            ),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
-            Self::ModelNotFound(_) => (
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "model_not_found",
-            ),
-            Self::PayloadTooLarge(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "payload_too_large",
-            ),
-            Self::Upstream { status, code, .. } => {
-                let s = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
-                let kind = if *status == 429 {
-                    "rate_limit_error"
-                } else {
-                    "server_error"
-                };
-                (s, kind, *code)
-            }
-            Self::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "journal_unavailable",
-            ),
-            Self::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "internal_error",
-                )
-            }
+        let (status, code) = self.status_and_code();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let kind = match &self {
+            Self::BadRequest { .. }
+            | Self::NotFound(_)
+            | Self::ModelNotFound(_)
+            | Self::PayloadTooLarge(_)
+            | Self::Unprocessable { .. } => "invalid_request_error",
+            Self::Unauthorized => "authentication_error",
+            Self::Upstream { status: 429, .. } => "rate_limit_error",
+            Self::Upstream { .. } | Self::Unavailable | Self::Internal(_) => "server_error",
         };
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
         let param = match &self {
             Self::BadRequest { param, .. } => param.clone(),
             Self::ModelNotFound(_) => Some("model".to_owned()),
+            Self::Unprocessable { param, .. } => Some(param.clone()),
             _ => None,
         };
         let body = json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } });

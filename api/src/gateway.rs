@@ -228,6 +228,36 @@ fn validate_embeddings(v: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// 422 when the chosen model cannot honour a parameter (rather than silently dropping it).
+fn check_capabilities(registry: &Registry, model: &str, v: &Value) -> Result<(), ApiError> {
+    let Some(m) = registry
+        .get(model)
+        .or_else(|| registry.default_chat().filter(|_| model == AUTO_ROUTER))
+    else {
+        return Ok(());
+    };
+    if !m.config.supports_tools {
+        for p in ["tools", "tool_choice", "response_format"] {
+            if !v[p].is_null() {
+                return Err(ApiError::Unprocessable {
+                    message: format!("model `{}` does not support `{p}`", m.config.id),
+                    param: p.into(),
+                });
+            }
+        }
+    }
+    if m.config.kind == ModelKind::Embedding
+        && !m.config.variable_dimensions
+        && !v["dimensions"].is_null()
+    {
+        return Err(ApiError::Unprocessable {
+            message: format!("model `{}` has a fixed number of dimensions", m.config.id),
+            param: "dimensions".into(),
+        });
+    }
+    Ok(())
+}
+
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(
     State(gw): State<Gateway>,
@@ -312,6 +342,9 @@ async fn handle(
     };
     if !known {
         return reject(&gw, &trace, endpoint, ApiError::ModelNotFound(model)).await;
+    }
+    if let Err(e) = check_capabilities(&gw.registry, &model, &v) {
+        return reject(&gw, &trace, endpoint, e).await;
     }
     let stream = endpoint == Endpoint::Chat && v["stream"].as_bool().unwrap_or(false);
     let prompt = if endpoint == Endpoint::Chat {

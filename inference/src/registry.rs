@@ -99,6 +99,16 @@ pub struct ModelConfig {
     /// Models tried, in order, when this one fails.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Whether `tools`, `tool_choice` and `response_format` may be passed to this chat model.
+    #[serde(default = "default_true")]
+    pub supports_tools: bool,
+    /// For embedding models: whether the client may choose `dimensions`.
+    #[serde(default)]
+    pub variable_dimensions: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_kind() -> ModelKind {
@@ -305,6 +315,8 @@ mod tests {
             price_per_1k_output: 0.0,
             context_length: 4096,
             fallbacks: fallbacks.iter().map(|s| (*s).to_owned()).collect(),
+            supports_tools: true,
+            variable_dimensions: false,
         }
     }
 

@@ -85,6 +85,20 @@ id = "embed"
 provider = "mock"
 kind = "embedding"
 residency = "local"
+variable_dimensions = true
+
+[[models]]
+id = "fixed-embed"
+provider = "mock"
+kind = "embedding"
+residency = "local"
+
+[[models]]
+id = "plain"
+provider = "mock"
+upstream_model = "mock-small"
+residency = "local"
+supports_tools = false
 "#
     )
 }
@@ -164,7 +178,7 @@ fn the_official_openai_sdk_works_against_isnad() {
         .collect();
     statuses.sort_unstable();
     statuses.dedup();
-    for s in [400, 401, 404, 413, 429, 502, 503, 504] {
+    for s in [400, 401, 404, 413, 422, 429, 502, 503, 504] {
         assert!(
             statuses.contains(&s),
             "no request.rejected with status {s}: {statuses:?}"

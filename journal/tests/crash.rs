@@ -93,16 +93,8 @@ fn crash_child_writer() {
     });
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: reproducible from the printed seed.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
+mod common;
+use common::Rng;
 
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_append() {

@@ -21,28 +21,8 @@ use isnad_schemas::{KeyCreated, NewEvent};
 const ENTRIES: u64 = 300;
 const MUTATIONS: usize = 220;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn seed() -> u64 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    println!("tamper test seed {s}");
-    s
-}
+mod common;
+use common::Rng;
 
 /// A pristine data directory with `ENTRIES` entries and checkpoints every 50.
 fn pristine() -> tempfile::TempDir {
@@ -179,7 +159,7 @@ fn mutate_store(db: &sled::Db, rng: &mut Rng) -> (String, u64) {
 fn every_data_directory_mutation_is_caught_at_the_right_seq() {
     let base = pristine();
     assert_eq!(verify_dir(base.path()), Ok(ENTRIES));
-    let mut rng = Rng(seed());
+    let mut rng = Rng::from_clock("tamper test");
     for i in 0..MUTATIONS {
         let work = tempfile::tempdir().unwrap();
         copy_dir(base.path(), work.path());
@@ -273,7 +253,7 @@ fn every_export_mutation_is_caught_at_the_right_seq() {
         .map(|(i, _)| i)
         .collect();
     assert_eq!(entry_at.len() as u64, ENTRIES);
-    let mut rng = Rng(seed());
+    let mut rng = Rng::from_clock("tamper test");
     for i in 0..MUTATIONS {
         let mut m = lines.clone();
         let seq = rng.below(ENTRIES);

@@ -12,19 +12,7 @@ use std::{
 
 /// Path of the `isnad` binary built beside the test executable (`cargo build --bins` first).
 pub fn isnad_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/isnad
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
-    let bin = dir.join(format!("isnad{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --bins` before the end-to-end tests",
-        bin.display()
-    );
-    bin
+    workspace_bin("isnad")
 }
 
 /// A binary built beside the test executable.

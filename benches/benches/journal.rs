@@ -22,9 +22,12 @@
 
 use std::sync::Arc;
 
-use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{
+    black_box, criterion_group, criterion_main, measurement::WallTime, BatchSize, Bencher,
+    BenchmarkGroup, Criterion, Throughput,
+};
 use ed25519_dalek::{Signature, Signer as _};
-use isnad_benches::{bench_key, fill, request_event, SledLog};
+use isnad_benches::{bench_key, fill, request_event, CpuSample, SledLog};
 use isnad_journal::{
     entry::{entry_hash, Entry, GENESIS},
     export::verify_store,
@@ -44,35 +47,68 @@ fn sealed(n: u64) -> Vec<Entry> {
     let mut prev = GENESIS;
     (0..n)
         .map(|i| {
-            let e = Entry::seal(request_event(i).sequence(i, 1_700_000_000_000_000 + i as i64), &prev, key.signing())
-                .unwrap_or_else(|e| unreachable!("seal failed: {e}"));
+            let e = Entry::seal(
+                request_event(i).sequence(i, 1_700_000_000_000_000 + i as i64),
+                &prev,
+                key.signing(),
+            )
+            .unwrap_or_else(|e| unreachable!("seal failed: {e}"));
             prev = e.hash;
             e
         })
         .collect()
 }
 
+/// `g.bench_function`, then a line with the CPU used by this process and by other processes
+/// while it ran: the bench machine is shared, and a figure means little without that.
+fn timed<F: FnMut(&mut Bencher<'_, WallTime>)>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    f: F,
+) {
+    let before = CpuSample::now();
+    let t = std::time::Instant::now();
+    g.bench_function(name, f);
+    if let (Some(a), Some(b), true) = (before, CpuSample::now(), t.elapsed().as_millis() > 500) {
+        let (ours, others) = b.since(&a);
+        println!("  [{name}: this process used {ours:.2} cores, other processes {others:.2}]");
+    }
+}
+
 fn seal(c: &mut Criterion) {
     let key = bench_key();
     let event = request_event(1).sequence(1, 1_700_000_000_000_000);
     let canonical = event.canonical_bytes().unwrap_or_default();
-    let entry = Entry::seal(event.clone(), &GENESIS, key.signing()).unwrap_or_else(|e| unreachable!("{e}"));
+    let entry =
+        Entry::seal(event.clone(), &GENESIS, key.signing()).unwrap_or_else(|e| unreachable!("{e}"));
     let stored = entry.to_stored();
-    println!("event canonical size: {} bytes; stored entry: {} bytes", canonical.len(), stored.len());
+    println!(
+        "event canonical size: {} bytes; stored entry: {} bytes",
+        canonical.len(),
+        stored.len()
+    );
 
     let mut g = c.benchmark_group("seal");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("canonical_bytes", |b| b.iter(|| black_box(&event).canonical_bytes()));
-    g.bench_function("entry_hash", |b| b.iter(|| entry_hash(black_box(1), &GENESIS, black_box(&canonical))));
-    g.bench_function("ed25519_sign", |b| b.iter(|| key.signing().sign(black_box(&entry.hash))));
-    g.bench_function("entry_seal", |b| {
+    timed(&mut g, "canonical_bytes", |b| {
+        b.iter(|| black_box(&event).canonical_bytes())
+    });
+    timed(&mut g, "entry_hash", |b| {
+        b.iter(|| entry_hash(black_box(1), &GENESIS, black_box(&canonical)))
+    });
+    timed(&mut g, "ed25519_sign", |b| {
+        b.iter(|| key.signing().sign(black_box(&entry.hash)))
+    });
+    timed(&mut g, "entry_seal", |b| {
         b.iter_batched(
             || event.clone(),
             |ev| Entry::seal(ev, &GENESIS, key.signing()),
             BatchSize::SmallInput,
         )
     });
-    g.bench_function("entry_from_stored", |b| b.iter(|| Entry::from_stored(1, black_box(&stored))));
+    timed(&mut g, "entry_from_stored", |b| {
+        b.iter(|| Entry::from_stored(1, black_box(&stored)))
+    });
     g.finish();
 }
 
@@ -87,13 +123,13 @@ fn verify(c: &mut Criterion) {
     let msgs: Vec<&[u8]> = chunk.iter().map(|e| e.hash.as_slice()).collect();
     let sigs: Vec<Signature> = chunk.iter().map(Entry::signature).collect();
     let keys = vec![key; 256];
-    g.bench_function("ed25519_verify_batch_256_one_core", |b| {
+    timed(&mut g, "ed25519_verify_batch_256_one_core", |b| {
         b.iter(|| ed25519_dalek::verify_batch(black_box(&msgs), &sigs, &keys))
     });
 
     g.throughput(Throughput::Elements(MEM_ENTRIES));
     g.sample_size(10);
-    g.bench_function("chain_verifier_in_memory_20k", |b| {
+    timed(&mut g, "chain_verifier_in_memory_20k", |b| {
         b.iter(|| {
             let mut v = ChainVerifier::new(key, None, Vec::new());
             for (seq, bytes) in stored.iter().enumerate() {
@@ -119,7 +155,7 @@ fn on_disk_log(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n));
     g.sample_size(10);
     g.measurement_time(std::time::Duration::from_secs(20));
-    g.bench_function("verify_store_sled_200k", |b| {
+    timed(&mut g, "verify_store_sled_200k", |b| {
         b.iter(|| match verify_store(&*store, None, &mut |_, _| {}) {
             Ok(Ok(summary)) => summary,
             other => unreachable!("verify_store: {other:?}"),
@@ -131,7 +167,7 @@ fn on_disk_log(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n));
     g.sample_size(10);
     g.measurement_time(std::time::Duration::from_secs(8));
-    g.bench_function("store_scan_raw_200k", |b| {
+    timed(&mut g, "store_scan_raw_200k", |b| {
         b.iter(|| {
             let mut bytes = 0usize;
             let _ = store.scan(0, n, &mut |_, v| {
@@ -141,7 +177,7 @@ fn on_disk_log(c: &mut Criterion) {
             bytes
         })
     });
-    g.bench_function("journal_scan_200k", |b| {
+    timed(&mut g, "journal_scan_200k", |b| {
         b.iter(|| {
             let mut count = 0u64;
             let _ = log.journal.scan(0, n, &mut |e| {
@@ -151,12 +187,15 @@ fn on_disk_log(c: &mut Criterion) {
             count
         })
     });
-    g.bench_function("journal_range_chunks_1024_200k", |b| {
+    timed(&mut g, "journal_range_chunks_1024_200k", |b| {
         b.iter(|| {
             let mut from = 0;
             let mut count = 0usize;
             while from < n {
-                let chunk = log.journal.range(from, from + RANGE_CHUNK).unwrap_or_default();
+                let chunk = log
+                    .journal
+                    .range(from, from + RANGE_CHUNK)
+                    .unwrap_or_default();
                 count += chunk.len();
                 from += RANGE_CHUNK;
             }
@@ -167,7 +206,7 @@ fn on_disk_log(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("sled_seq_of_miss_200k_log", |b| {
+    timed(&mut g, "sled_seq_of_miss_200k_log", |b| {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
@@ -179,12 +218,19 @@ fn on_disk_log(c: &mut Criterion) {
 
     // Batch writes go to a separate, fresh store so they do not disturb the log above.
     let wdir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("tempdir: {e}"));
-    let wstore = SledStore::open(&wdir.path().join("w")).unwrap_or_else(|e| unreachable!("open: {e}"));
-    let rows: Vec<(Vec<u8>, isnad_schemas::EventId)> =
-        sealed(64).iter().map(|e| (e.to_stored(), e.event.id)).collect();
+    let wstore =
+        SledStore::open(&wdir.path().join("w")).unwrap_or_else(|e| unreachable!("open: {e}"));
+    let rows: Vec<(Vec<u8>, isnad_schemas::EventId)> = sealed(64)
+        .iter()
+        .map(|e| (e.to_stored(), e.event.id))
+        .collect();
     let mut next = 0u64;
     let batch = |next: &mut u64| {
-        let entries: Vec<(u64, Vec<u8>)> = rows.iter().enumerate().map(|(k, (b, _))| (*next + k as u64, b.clone())).collect();
+        let entries: Vec<(u64, Vec<u8>)> = rows
+            .iter()
+            .enumerate()
+            .map(|(k, (b, _))| (*next + k as u64, b.clone()))
+            .collect();
         let ids: Vec<(isnad_schemas::EventId, u64)> = rows
             .iter()
             .enumerate()
@@ -198,14 +244,14 @@ fn on_disk_log(c: &mut Criterion) {
         (entries, ids)
     };
     g.throughput(Throughput::Elements(rows.len() as u64));
-    g.bench_function("sled_append_batch_64", |b| {
+    timed(&mut g, "sled_append_batch_64", |b| {
         b.iter_batched(
             || batch(&mut next),
             |(entries, ids)| wstore.append(&entries, &ids),
             BatchSize::SmallInput,
         )
     });
-    g.bench_function("sled_append_batch_64_and_flush", |b| {
+    timed(&mut g, "sled_append_batch_64_and_flush", |b| {
         b.iter_batched(
             || batch(&mut next),
             |(entries, ids)| {

@@ -1,20 +1,27 @@
-//! Load test of durable appends on a sled journal (a plain bench binary; prints a table).
+//! Load test of durable appends on a sled journal (a plain bench binary; prints tables).
 //!
 //! 1. **Closed-loop throughput**: N tokio tasks (N = 1, 4, 16, 64), each looping
 //!    `append_one(event)` on one shared journal; each append resolves only after the group commit
 //!    holding it was flushed to disk. Reports acknowledged appends per second over the measured
-//!    window (after a warm-up), and the mean and p99 time of one `append_one`. Two reference rows
-//!    follow: 64 tasks appending batches of 16 events per call (sequencer-bound rather than
-//!    flush-bound) and 64 tasks on an in-memory store (no disk at all).
+//!    window (after a warm-up), and the mean and p99 time of one call. Two reference rows follow:
+//!    64 tasks appending batches of 16 events per call, and 64 tasks on an in-memory store (no
+//!    disk at all), which separate the cost of the disk from the cost of sealing.
 //! 2. **Open-loop latency**: appends arrive at a fixed rate (10,000/s, one every 100 µs) whether or
 //!    not earlier ones were acknowledged; a generator thread spawns each `append_one` at its
 //!    scheduled instant. Latency runs from the *scheduled* send time to the acknowledgement, so a
 //!    stalled journal cannot hide its queueing delay (no coordinated omission). The first second
-//!    is a warm-up and is not counted; percentiles come from sorting every measured latency.
+//!    is a warm-up and is not counted; percentiles come from sorting every measured latency. The
+//!    same run on an in-memory store is printed beside it.
 //!
-//! Events are `request.received` events of about 300 canonical bytes (printed). Run with
+//! Every row also prints the CPU (in cores) used by this process and by *other* processes while
+//! it was measured: the bench machine has two cores and is shared, and the figures are only
+//! meaningful next to that.
+//!
+//! Events are `request.received` events of about 300 canonical bytes (printed). Each row gets a
+//! fresh journal in a temporary directory. Run with
 //! `cargo bench -p isnad-benches --bench journal_load`; without `--bench` (as under
-//! `cargo test --benches`) it runs a short smoke version.
+//! `cargo test --benches`) it runs a short smoke version. A further argument runs only the rows
+//! whose label contains it (`-- --bench "64 writers"`, `-- --bench open-loop`).
 
 use std::{
     sync::{
@@ -24,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use isnad_benches::{bench_key, bench_options, request_event, SledLog};
+use isnad_benches::{bench_key, bench_options, request_event, CpuSample, SledLog};
 use isnad_journal::{Journal, LogStore, MemStore};
 use tokio::runtime::Runtime;
 
@@ -37,11 +44,12 @@ struct Durations {
     latency_measure: Duration,
 }
 
-struct ThroughputRow {
-    label: String,
-    acked_per_s: f64,
-    mean_us: f64,
-    p99_us: f64,
+/// Cores used by this process and by other processes between two samples (0 where unknown).
+fn cpu_between(a: Option<CpuSample>, b: Option<CpuSample>) -> (f64, f64) {
+    match (a, b) {
+        (Some(a), Some(b)) => b.since(&a),
+        _ => (0.0, 0.0),
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -50,6 +58,14 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
+}
+
+struct ThroughputRow {
+    label: String,
+    acked_per_s: f64,
+    mean_us: f64,
+    p99_us: f64,
+    cpu: (f64, f64),
 }
 
 /// Runs `writers` tasks, each appending `per_call` events per call, for warm-up plus measure.
@@ -64,11 +80,12 @@ fn closed_loop(
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
-    let next_id = Arc::new(AtomicU64::new(journal.len() + 1_000_000_000));
+    let next_id = Arc::new(AtomicU64::new(1_000_000_000));
     let mut tasks = Vec::new();
     for _ in 0..writers {
-        let (j, stop, measuring, acked, next_id) =
-            (journal.clone(), stop.clone(), measuring.clone(), acked.clone(), next_id.clone());
+        let j = journal.clone();
+        let (stop, measuring) = (stop.clone(), measuring.clone());
+        let (acked, next_id) = (acked.clone(), next_id.clone());
         tasks.push(rt.spawn(async move {
             let mut lat = Vec::new();
             while !stop.load(Ordering::Relaxed) {
@@ -89,9 +106,11 @@ fn closed_loop(
     let before = acked.load(Ordering::Relaxed);
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
+    let cpu0 = CpuSample::now();
     std::thread::sleep(d.measure);
     let count = acked.load(Ordering::Relaxed) - before;
     let elapsed = t0.elapsed();
+    let cpu = cpu_between(cpu0, CpuSample::now());
     measuring.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let mut lat = Vec::new();
@@ -99,12 +118,12 @@ fn closed_loop(
         lat.extend(rt.block_on(t)??);
     }
     lat.sort_unstable();
-    let mean = lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64;
     Ok(ThroughputRow {
         label: label.to_owned(),
         acked_per_s: count as f64 / elapsed.as_secs_f64(),
-        mean_us: mean,
+        mean_us: lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64,
         p99_us: percentile(&lat, 0.99) as f64,
+        cpu,
     })
 }
 
@@ -117,23 +136,36 @@ struct LatencyResult {
     p99: u64,
     p999: u64,
     max: u64,
+    over_5ms: usize,
     generator_lag_p99: u64,
+    cpu: (f64, f64),
 }
 
 /// Open loop: one append every `interval`, each spawned at its scheduled time; latency from the
 /// scheduled time to the acknowledgement.
-fn open_loop(rt: &Runtime, journal: &Journal, interval: Duration, d: &Durations) -> AnyResult<LatencyResult> {
+fn open_loop(
+    rt: &Runtime,
+    journal: &Journal,
+    interval: Duration,
+    d: &Durations,
+) -> AnyResult<LatencyResult> {
     let total = ((d.latency_warm + d.latency_measure).as_nanos() / interval.as_nanos()) as u64;
     let warm_n = (d.latency_warm.as_nanos() / interval.as_nanos()) as u64;
-    let base = journal.len() + 2_000_000_000;
     // Events are made before the clock starts so the generator only schedules.
-    let mut events: Vec<_> = (0..total).map(|i| request_event(base + i)).collect();
-    events.reverse();
+    let mut events: Vec<_> = (0..total)
+        .rev()
+        .map(|i| request_event(2_000_000_000 + i))
+        .collect();
     let mut handles = Vec::with_capacity(total as usize);
     let mut lags = Vec::with_capacity(total as usize);
     let start = Instant::now() + Duration::from_millis(20);
+    let at = |i: u64| start + Duration::from_nanos(interval.as_nanos() as u64 * i);
+    let mut cpu0 = None;
     for i in 0..total {
-        let scheduled = start + interval * i as u32;
+        let scheduled = at(i);
+        if i == warm_n {
+            cpu0 = CpuSample::now();
+        }
         let now = Instant::now();
         if scheduled > now {
             std::thread::sleep(scheduled - now);
@@ -151,33 +183,37 @@ fn open_loop(rt: &Runtime, journal: &Journal, interval: Duration, d: &Durations)
     for (i, h) in handles.into_iter().enumerate() {
         let acked = rt.block_on(h)??;
         if i as u64 >= warm_n {
-            let scheduled = start + interval * i as u32;
-            lat.push(acked.duration_since(scheduled).as_micros() as u64);
-            if std::env::var_os("ISNAD_LOAD_DEBUG").is_some() && *lat.last().unwrap_or(&0) > 5000 {
-                eprintln!("slow: t={:.3}s lat={}us", scheduled.duration_since(start).as_secs_f64(), lat.last().unwrap_or(&0));
-            }
+            lat.push(acked.duration_since(at(i as u64)).as_micros() as u64);
             last_ack = last_ack.max(acked);
         }
     }
+    let cpu = cpu_between(cpu0, CpuSample::now());
     lat.sort_unstable();
     lags.drain(..warm_n as usize);
     lags.sort_unstable();
-    let first_measured = start + interval * warm_n as u32;
+    let span = last_ack.duration_since(at(warm_n)).as_secs_f64().max(1e-9);
     Ok(LatencyResult {
         offered_per_s: 1.0 / interval.as_secs_f64(),
         measured: lat.len(),
-        achieved_per_s: lat.len() as f64 / last_ack.duration_since(first_measured).as_secs_f64().max(1e-9),
+        achieved_per_s: lat.len() as f64 / span,
         p50: percentile(&lat, 0.50),
         p90: percentile(&lat, 0.90),
         p99: percentile(&lat, 0.99),
         p999: percentile(&lat, 0.999),
         max: lat.last().copied().unwrap_or(0),
+        over_5ms: lat.iter().filter(|&&l| l > 5000).count(),
         generator_lag_p99: percentile(&lags, 0.99),
+        cpu,
     })
 }
 
 fn main() -> AnyResult<()> {
     let full = std::env::args().any(|a| a == "--bench");
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_default();
+    let wanted = |label: &str| label.contains(filter.as_str());
     let d = if full {
         Durations {
             warm: Duration::from_millis(500),
@@ -193,51 +229,115 @@ fn main() -> AnyResult<()> {
             latency_measure: Duration::from_millis(300),
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let canonical = request_event(0).sequence(0, 0).canonical_bytes()?.len();
-    println!("journal_load: {} mode, events of {canonical} canonical bytes", if full { "full" } else { "smoke" });
+    let mode = if full { "full" } else { "smoke" };
+    println!("journal_load: {mode} mode, events of {canonical} canonical bytes");
 
-    // One fresh log per row, so every row starts from the same (empty) state.
+    // (writers, events per call, on the in-memory store)
+    let configs = [
+        (1, 1, false),
+        (4, 1, false),
+        (16, 1, false),
+        (64, 1, false),
+        (64, 16, false),
+        (64, 1, true),
+    ];
     let mut rows = Vec::new();
-    for writers in [1usize, 4, 16, 64] {
+    for (writers, per_call, memory) in configs {
+        let call = if per_call == 1 {
+            "append_one".to_owned()
+        } else {
+            format!("append({per_call} events)")
+        };
+        let label = format!(
+            "{writers} writers x {call}, {}",
+            if memory { "memory store" } else { "sled" }
+        );
+        if !wanted(&label) {
+            continue;
+        }
+        // A fresh log for every row.
         let dir = tempfile::tempdir()?;
-        let log = SledLog::open(dir.path())?;
-        rows.push(closed_loop(&rt, &log.journal, &format!("{writers} writers x append_one, sled"), writers, 1, &d)?);
-        drop(log);
-    }
-    {
-        let dir = tempfile::tempdir()?;
-        let log = SledLog::open(dir.path())?;
-        rows.push(closed_loop(&rt, &log.journal, "64 writers x append(16 events), sled", 64, 16, &d)?);
-    }
-    {
-        let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
-        let journal = Journal::open(store, bench_key(), bench_options())?;
-        rows.push(closed_loop(&rt, &journal, "64 writers x append_one, memory store", 64, 1, &d)?);
+        let (journal, _log) = if memory {
+            let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+            (Journal::open(store, bench_key(), bench_options())?, None)
+        } else {
+            let log = SledLog::open(dir.path())?;
+            (log.journal.clone(), Some(log))
+        };
+        rows.push(closed_loop(&rt, &journal, &label, writers, per_call, &d)?);
+        rt.block_on(journal.shutdown())?;
     }
 
-    println!();
-    println!("Durable appends, closed loop ({:?} measured after {:?} warm-up)", d.measure, d.warm);
-    println!("{:<42} {:>14} {:>14} {:>12}", "workload", "acked events/s", "mean call µs", "p99 call µs");
-    for r in &rows {
-        println!("{:<42} {:>14.0} {:>14.0} {:>12.0}", r.label, r.acked_per_s, r.mean_us, r.p99_us);
-    }
-
-    let dir = tempfile::tempdir()?;
-    let log = SledLog::open(dir.path())?;
-    let l = open_loop(&rt, &log.journal, Duration::from_micros(100), &d)?;
     println!();
     println!(
-        "Open-loop acknowledgement latency, sled ({} appends measured after {:?} warm-up)",
-        l.measured, d.latency_warm
+        "Durable appends, closed loop ({:?} measured after {:?} warm-up)",
+        d.measure, d.warm
     );
-    println!("{:<18} {:>14}", "offered", format!("{:.0}/s", l.offered_per_s));
-    println!("{:<18} {:>14}", "acknowledged", format!("{:.0}/s", l.achieved_per_s));
-    for (name, v) in
-        [("p50", l.p50), ("p90", l.p90), ("p99", l.p99), ("p99.9", l.p999), ("max", l.max), ("generator lag p99", l.generator_lag_p99)]
-    {
-        println!("{name:<18} {:>11.2} ms", v as f64 / 1000.0);
+    println!(
+        "{:<40} {:>14} {:>13} {:>12} {:>10} {:>12}",
+        "workload", "acked events/s", "mean call µs", "p99 call µs", "cpu: ours", "cpu: others"
+    );
+    for r in &rows {
+        println!(
+            "{:<40} {:>14.0} {:>13.0} {:>12.0} {:>10.2} {:>12.2}",
+            r.label, r.acked_per_s, r.mean_us, r.p99_us, r.cpu.0, r.cpu.1
+        );
     }
+
+    if !wanted("open-loop") {
+        return Ok(());
+    }
+    let interval = Duration::from_micros(100);
+    let dir = tempfile::tempdir()?;
+    let log = SledLog::open(dir.path())?;
+    let sled = open_loop(&rt, &log.journal, interval, &d)?;
     rt.block_on(log.journal.shutdown())?;
+    let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
+    let journal = Journal::open(store, bench_key(), bench_options())?;
+    let mem = open_loop(&rt, &journal, interval, &d)?;
+    rt.block_on(journal.shutdown())?;
+
+    println!();
+    println!(
+        "Open-loop acknowledgement latency, from scheduled send to ack \
+         ({} appends measured per store after {:?} warm-up)",
+        sled.measured, d.latency_warm
+    );
+    println!("{:<22} {:>12} {:>14}", "", "sled", "memory store");
+    let pair = |name: &str, a: String, b: String| println!("{name:<22} {a:>12} {b:>14}");
+    let rate = |v: f64| format!("{v:.0}/s");
+    pair("offered", rate(sled.offered_per_s), rate(mem.offered_per_s));
+    pair(
+        "acknowledged",
+        rate(sled.achieved_per_s),
+        rate(mem.achieved_per_s),
+    );
+    let ms = |v: u64| format!("{:.2} ms", v as f64 / 1000.0);
+    for (name, a, b) in [
+        ("p50", sled.p50, mem.p50),
+        ("p90", sled.p90, mem.p90),
+        ("p99", sled.p99, mem.p99),
+        ("p99.9", sled.p999, mem.p999),
+        ("max", sled.max, mem.max),
+        (
+            "generator lag p99",
+            sled.generator_lag_p99,
+            mem.generator_lag_p99,
+        ),
+    ] {
+        pair(name, ms(a), ms(b));
+    }
+    pair(
+        "acks over 5 ms",
+        sled.over_5ms.to_string(),
+        mem.over_5ms.to_string(),
+    );
+    let cores = |v: f64| format!("{v:.2}");
+    pair("cpu: ours (cores)", cores(sled.cpu.0), cores(mem.cpu.0));
+    pair("cpu: others (cores)", cores(sled.cpu.1), cores(mem.cpu.1));
     Ok(())
 }

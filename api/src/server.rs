@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use axum::serve::ListenerExt as _;
 use futures_util::StreamExt as _;
 
 use crate::{
@@ -476,9 +477,14 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     match tls {
         Some(tls) => crate::tls::serve(listener, tls, router, shutdown_signal()).await,
         None => {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown_signal())
-                .await?
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                router,
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await?
         }
     }
     tracing::info!("shutting down: checkpointing the journal");

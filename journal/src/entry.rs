@@ -37,16 +37,28 @@ pub struct Entry {
 impl Entry {
     /// Seals `event` after `prev`: computes canonical bytes, hash and signature.
     pub fn seal(event: Event, prev: &Hash, key: &SigningKey) -> isnad_schemas::Result<Self> {
+        let mut e = Self::chain(event, prev)?;
+        e.sign(key);
+        Ok(e)
+    }
+
+    /// Chains `event` after `prev` without signing it yet (the signature is all zeros until
+    /// [`Entry::sign`]): the sequencer chains a batch in order, then signs it in parallel.
+    pub fn chain(event: Event, prev: &Hash) -> isnad_schemas::Result<Self> {
         let canonical = event.canonical_bytes()?;
         let hash = entry_hash(event.seq, prev, &canonical);
-        let sig = key.sign(&hash).to_bytes();
         Ok(Self {
             seq: event.seq,
             hash,
-            sig,
+            sig: [0u8; 64],
             canonical,
             event,
         })
+    }
+
+    /// Signs the entry's hash with the node key.
+    pub fn sign(&mut self, key: &SigningKey) {
+        self.sig = key.sign(&self.hash).to_bytes();
     }
 
     /// The stored form: hash ‖ signature ‖ canonical bytes.

@@ -25,6 +25,7 @@ use std::{
 use ed25519_dalek::VerifyingKey;
 use isnad_schemas::{EventId, NewEvent};
 use parking_lot::{Mutex, RwLock};
+use rayon::prelude::*;
 use tokio::sync::{oneshot, watch};
 
 use crate::{
@@ -63,7 +64,7 @@ impl Default for Options {
             origin: None,
             checkpoint_every: 1024,
             checkpoint_interval: Duration::from_millis(1000),
-            ring_capacity: 65_536,
+            ring_capacity: 16_384,
             max_batch: 8192,
         }
     }
@@ -755,6 +756,9 @@ fn sequencer(
 
 type Ready = Vec<(Reply, Vec<Receipt>, bool)>;
 
+/// Batches at least this large are signed on the rayon pool; smaller ones on the sequencer.
+const PARALLEL_SIGNING_FROM: usize = 8;
+
 /// Seals and writes one group commit. Returns the replies to send, or a fatal storage error after
 /// answering every caller in the batch with it.
 fn seal_batch(
@@ -770,6 +774,7 @@ fn seal_batch(
     let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut ids: Vec<(EventId, u64)> = Vec::new();
     let mut sealed: Vec<Arc<Entry>> = Vec::new();
+    let mut unsigned: Vec<(EventId, Entry)> = Vec::new();
     let mut in_batch: HashMap<EventId, (u64, Hash)> = HashMap::new();
     let mut ready: Ready = Vec::new();
 
@@ -810,7 +815,7 @@ fn seal_batch(
             }
             let ts = now_us().max(tmp.last_ts);
             let id = ev.id;
-            match Entry::seal(ev.sequence(tmp.next, ts), &tmp.prev, shared.key.signing()) {
+            match Entry::chain(ev.sequence(tmp.next, ts), &tmp.prev) {
                 Ok(entry) => {
                     receipts.push(Receipt {
                         seq: entry.seq,
@@ -823,7 +828,7 @@ fn seal_batch(
                         prev: entry.hash,
                         last_ts: ts,
                     };
-                    mine.push((id, Arc::new(entry)));
+                    mine.push((id, entry));
                 }
                 Err(e) => {
                     failure = Some(Error::from(e));
@@ -836,13 +841,25 @@ fn seal_batch(
             continue;
         }
         for (id, entry) in mine {
-            rows.push((entry.seq, entry.to_stored()));
-            ids.push((id, entry.seq));
             in_batch.insert(id, (entry.seq, entry.hash));
-            sealed.push(entry);
+            unsigned.push((id, entry));
         }
         *st = tmp;
         ready.push((reply, receipts, durable));
+    }
+
+    // The chain is serial and cheap; signatures are independent and cost ~13 µs each, so a
+    // batch of them is spread over every core.
+    let key = shared.key.signing();
+    if unsigned.len() >= PARALLEL_SIGNING_FROM {
+        unsigned.par_iter_mut().for_each(|(_, e)| e.sign(key));
+    } else {
+        unsigned.iter_mut().for_each(|(_, e)| e.sign(key));
+    }
+    for (id, entry) in unsigned {
+        rows.push((entry.seq, entry.to_stored()));
+        ids.push((id, entry.seq));
+        sealed.push(Arc::new(entry));
     }
 
     if !rows.is_empty() {

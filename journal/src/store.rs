@@ -68,6 +68,9 @@ fn be_u64(bytes: &[u8]) -> Result<u64> {
 /// that an entry and its id-index row are written by one atomic batch.
 pub struct SledStore {
     db: sled::Db,
+    /// sled's log file. `Db::flush` writes with `sync_file_range`, which neither flushes the
+    /// disk's write cache nor the file's size; `fdatasync` on this handle after it does.
+    data_file: std::fs::File,
 }
 
 impl SledStore {
@@ -81,12 +84,20 @@ impl SledStore {
         loop {
             let opened = sled::Config::new()
                 .path(path)
-                .cache_capacity(256 * 1024 * 1024)
+                .cache_capacity(64 * 1024 * 1024)
                 // sled's own background flush is not our durability: `flush()` is.
                 .flush_every_ms(None)
                 .open();
             match opened {
-                Ok(db) => return Ok(Self { db }),
+                Ok(db) => {
+                    let data = path.join("db");
+                    let data_file = std::fs::File::open(&data).map_err(|e| Error::io(&data, e))?;
+                    // Make the files' creation itself durable.
+                    if let Ok(dir) = std::fs::File::open(path) {
+                        let _ = dir.sync_all();
+                    }
+                    return Ok(Self { db, data_file });
+                }
                 Err(e) if is_lock_conflict(&e) && tries < 100 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -128,6 +139,9 @@ impl LogStore for SledStore {
 
     fn flush(&self) -> Result<()> {
         self.db.flush()?;
+        self.data_file
+            .sync_data()
+            .map_err(|e| Error::Storage(format!("fdatasync: {e}")))?;
         Ok(())
     }
 

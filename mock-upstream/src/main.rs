@@ -23,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+use axum::serve::ListenerExt as _;
 use axum::{
     body::{Body, Bytes},
     extract::State,
@@ -80,7 +81,14 @@ async fn main() -> anyhow::Result<()> {
         "mock upstream listening on http://{}",
         listener.local_addr()?
     );
-    axum::serve(listener, app).await?;
+    // Small SSE frames must not wait for Nagle's algorithm.
+    axum::serve(
+        listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        app,
+    )
+    .await?;
     Ok(())
 }
 

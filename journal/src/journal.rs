@@ -93,6 +93,10 @@ pub enum Watermark {
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 
 enum Cmd {
+    Cursor {
+        name: String,
+        next: u64,
+    },
     Append {
         events: Vec<NewEvent>,
         durable: bool,
@@ -332,6 +336,32 @@ impl Journal {
             reply,
         })?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Queues events for appending and returns at once; the receiver resolves once they are
+    /// sequenced. Events submitted one after another from one task are sequenced in that order,
+    /// so a stage can hand over its outputs without waiting for each round trip.
+    pub fn submit_sequenced(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Receipt>>>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Cmd::Append {
+            events,
+            durable: false,
+            reply,
+        })?;
+        Ok(rx)
+    }
+
+    /// Queues a cursor update behind everything submitted before it: the cursor is written in the
+    /// same order as the appends, so after a crash it never points past an input whose outputs
+    /// were lost.
+    pub fn submit_cursor(&self, name: &str, next: u64) -> Result<()> {
+        self.send(Cmd::Cursor {
+            name: name.to_owned(),
+            next,
+        })
     }
 
     /// Blocking append, for threads outside an async runtime.
@@ -699,8 +729,10 @@ fn sequencer(
         let mut waiters = Vec::new();
         let mut control = Vec::new();
         let mut appends = Vec::new();
+        let mut cursors: Vec<(String, u64)> = Vec::new();
         for c in cmds {
             match c {
+                Cmd::Cursor { name, next } => cursors.push((name, next)),
                 Cmd::Append {
                     events,
                     durable,
@@ -728,6 +760,14 @@ fn sequencer(
                 Err(why) => {
                     tracing::error!(error = %why, "journal write failed; no further appends are accepted");
                     fatal = Some(why);
+                }
+            }
+        }
+        // Cursors go to the store after the appends queued with them.
+        if fatal.is_none() {
+            for (name, next) in cursors {
+                if let Err(e) = shared.store.set_cursor(&name, next) {
+                    tracing::error!(cursor = %name, error = %e, "cannot persist cursor");
                 }
             }
         }

@@ -268,6 +268,23 @@ async fn chain_continues_across_restarts_and_verifies(b: &dyn Backend) {
     assert!(summary.checkpoints >= 3);
 }
 
+async fn submitted_cursors_follow_their_appends(b: &dyn Backend) {
+    let j = open(b, opts());
+    let mut last = None;
+    for n in 0..20 {
+        last = Some(j.submit_sequenced(vec![ev(n)]).unwrap());
+        j.submit_cursor("stage", u64::from(n) + 1).unwrap();
+    }
+    let receipts = last.unwrap().await.unwrap().unwrap();
+    assert_eq!(receipts[0].seq, 19, "submissions keep their order");
+    j.shutdown().await.unwrap();
+    drop(j);
+    let j = open(b, opts());
+    assert_eq!(j.cursor("stage").unwrap(), 20);
+    assert_eq!(j.len(), 20);
+    j.shutdown().await.unwrap();
+}
+
 async fn appends_after_shutdown_fail(b: &dyn Backend) {
     let j = open(b, opts());
     j.shutdown().await.unwrap();
@@ -310,6 +327,7 @@ macro_rules! suite {
             case!(another_key_is_refused);
             case!(chain_continues_across_restarts_and_verifies);
             case!(appends_after_shutdown_fail);
+            case!(submitted_cursors_follow_their_appends);
             case!(explicit_ids_and_derived_ids);
         }
     };

@@ -269,11 +269,17 @@ impl Runner {
                 };
                 let seq = entry.seq;
                 if stage.wants(&entry) {
-                    let attachment = entry.event.request_id.as_deref().and_then(|r| bus.attachment(r));
+                    let attachment = entry
+                        .event
+                        .request_id
+                        .as_deref()
+                        .and_then(|r| bus.attachment(r));
                     match stage.handle(entry.clone(), attachment).await {
                         Ok(outputs) if !outputs.is_empty() => {
+                            // Hand the outputs over without waiting for the round trip: the
+                            // journal sequences one task's submissions in order.
                             let outputs = derive_ids(&name, &entry, outputs);
-                            if let Err(e) = journal.append_sequenced(outputs).await {
+                            if let Err(e) = journal.submit_sequenced(outputs) {
                                 tracing::error!(stage = %name, seq, error = %e, "stage output not journaled");
                                 break;
                             }
@@ -287,7 +293,8 @@ impl Runner {
                 since_save += 1;
                 let caught_up = seq + 1 >= journal.len();
                 if since_save >= CURSOR_EVERY || caught_up {
-                    if let Err(e) = journal.set_cursor(&name, seq + 1) {
+                    // Queued behind the outputs above, so the cursor never runs ahead of them.
+                    if let Err(e) = journal.submit_cursor(&name, seq + 1) {
                         tracing::error!(stage = %name, error = %e, "cannot persist cursor");
                     }
                     since_save = 0;

@@ -82,6 +82,15 @@ impl ApiError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        Self::BadRequest {
+            message: r.body_text(),
+            param: None,
+        }
+    }
+}
+
 impl From<isnad_journal::Error> for ApiError {
     fn from(e: isnad_journal::Error) -> Self {
         use isnad_journal::Error as J;

@@ -200,10 +200,7 @@ async fn logs_get(
     State(state): State<AppState>,
     q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::BadRequest {
-        message: e.body_text(),
-        param: None,
-    })?;
+    let Query(q) = q?;
     query_logs(&state.journal, q).map(Json)
 }
 
@@ -276,15 +273,19 @@ pub fn query_logs(journal: &Journal, q: LogQuery) -> Result<Value, ApiError> {
     }))
 }
 
-async fn checkpoint(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let (cp, note) = match state.journal.latest_checkpoint() {
-        Some(c) if c.0.size == state.journal.durable_len() => c,
-        _ => state
-            .journal
+/// The latest signed checkpoint if it covers every durable entry, else a fresh one.
+async fn covering_checkpoint(j: &Journal) -> Result<(isnad_journal::Checkpoint, String), ApiError> {
+    match j.latest_checkpoint() {
+        Some(c) if c.0.size == j.durable_len() => Ok(c),
+        _ => j
             .checkpoint_now()
             .await?
-            .ok_or_else(|| ApiError::NotFound("the log is empty".into()))?,
-    };
+            .ok_or_else(|| ApiError::NotFound("the log is empty".into())),
+    }
+}
+
+async fn checkpoint(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (cp, note) = covering_checkpoint(&state.journal).await?;
     Ok(Json(json!({
         "origin": cp.origin,
         "size": cp.size,
@@ -308,19 +309,10 @@ async fn proof(
     State(state): State<AppState>,
     q: Result<Query<ProofQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::BadRequest {
-        message: e.body_text(),
-        param: None,
-    })?;
+    let Query(q) = q?;
     let j = &state.journal;
     // Proofs are against a signed checkpoint covering everything durable.
-    let (cp, note) = match j.latest_checkpoint() {
-        Some(c) if c.0.size == j.durable_len() => c,
-        _ => j
-            .checkpoint_now()
-            .await?
-            .ok_or_else(|| ApiError::NotFound("the log is empty".into()))?,
-    };
+    let (cp, note) = covering_checkpoint(j).await?;
     match (q.seq, q.old_size, q.new_size) {
         (Some(seq), None, None) => {
             if seq >= cp.size {

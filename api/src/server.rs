@@ -460,6 +460,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
     };
     let router = app(state, &config);
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -467,7 +468,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     // The one line scripts and tests wait for.
     println!("isnad listening on {scheme}://{addr}");
     match tls {
-        Some(tls) => crate::tls::serve(listener, tls, router, shutdown_signal()).await,
+        Some(tls) => crate::tls::serve(listener, tls, router, shutdown).await,
         None => {
             axum::serve(
                 listener.tap_io(|tcp| {
@@ -475,7 +476,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
                 }),
                 router,
             )
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown)
             .await?
         }
     }
@@ -486,25 +487,26 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers for SIGINT and SIGTERM now (a signal that arrives before registration would kill
+/// the process without its final checkpoint) and returns the future that resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// SHA-256 helper shared with the auth module.

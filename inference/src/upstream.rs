@@ -242,10 +242,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Egress(_)), "{err}");
-        let err = up
-            .send("//example.com/x", &serde_json::json!({}))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Egress(_)), "{err}");
+        // A protocol-relative path cannot switch hosts: it stays under the upstream's base.
+        let url = up.url("//example.com/x").unwrap();
+        assert_eq!(url.host_str(), Some("127.0.0.1"));
+        assert_eq!(url.path(), "/v1/example.com/x");
     }
 }

@@ -11,6 +11,14 @@ use crate::server::sha256;
 /// File in the data directory holding the hex SHA-256 of the generated admin token.
 pub const ADMIN_HASH_FILE: &str = "admin.sha256";
 
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// A token check that never holds the token itself.
 pub struct AdminToken {
     hash: [u8; 32],

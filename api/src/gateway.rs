@@ -108,11 +108,7 @@ async fn reject(gw: &Gateway, trace: &Trace, endpoint: Endpoint, err: ApiError) 
 }
 
 fn authorised(gw: &Gateway, headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| gw.admin.matches(t))
+    crate::auth::bearer(headers).is_some_and(|t| gw.admin.matches(t))
 }
 
 fn parse_body(gw: &Gateway, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
@@ -399,7 +395,7 @@ async fn handle(
             trace.route_policy = Some(policy);
             trace.residency = Some(residency);
         }
-        other => return unexpected(&gw, &trace, other).await,
+        other => return unexpected(&trace, other),
     }
     if stream {
         return stream_response(gw, trace, rx, detach);
@@ -411,7 +407,7 @@ async fn handle(
             code,
             message,
         }) => return finish_failure(&gw, &trace, &mut rx, status, code, message).await,
-        other => return unexpected(&gw, &trace, other).await,
+        other => return unexpected(&trace, other),
     };
     match rx.recv().await {
         Some(Item::Done { seq }) => {
@@ -419,7 +415,7 @@ async fn handle(
                 return ApiError::Unavailable.into_response();
             }
         }
-        other => return unexpected(&gw, &trace, other).await,
+        other => return unexpected(&trace, other),
     }
     drop(detach);
     let mut resp = Json(answer).into_response();
@@ -449,9 +445,8 @@ async fn finish_failure(
     resp
 }
 
-async fn unexpected(gw: &Gateway, trace: &Trace, item: Option<Item>) -> Response {
+fn unexpected(trace: &Trace, item: Option<Item>) -> Response {
     tracing::error!(request_id = %trace.request_id, ?item, "pipeline answered out of order");
-    let _ = gw;
     let mut resp = ApiError::Internal("pipeline answered out of order".into()).into_response();
     trace.apply(resp.headers_mut());
     resp

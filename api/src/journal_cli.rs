@@ -12,7 +12,9 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
 use ed25519_dalek::VerifyingKey;
 use isnad_journal::{
     checkpoint::Checkpoint,
-    export::{export_store, tree_of, verify_export, verify_store, InclusionBundle},
+    export::{
+        export_store, parse_entry_line, tree_of, verify_export, verify_store, InclusionBundle,
+    },
     keys::{parse_public_key, PUB_FILE},
     store_path,
     verify::{Problem, Summary},
@@ -241,11 +243,10 @@ fn prove_from_export(file: &Path, seq: u64) -> anyhow::Result<InclusionBundle> {
                 best = Some((size, v["note"].as_str().unwrap_or_default().to_owned()));
             }
         } else {
-            let s = v["seq"].as_u64().context("entry line without seq")?;
-            let mut stored = hex::decode(v["hash"].as_str().unwrap_or_default())?;
-            stored.extend(B64.decode(v["sig"].as_str().unwrap_or_default())?);
-            stored.extend(B64.decode(v["event"].as_str().unwrap_or_default())?);
-            let e = Entry::from_stored(s, &stored).map_err(|e| anyhow::anyhow!(e))?;
+            let e = parse_entry_line(&line)
+                .map_err(|e| anyhow::anyhow!(e))?
+                .context("entry line without seq")?;
+            let s = e.seq;
             tree.push_leaf_hash(e.leaf());
             entries.push((s + 1 >= seq && s <= seq).then_some(e));
         }
@@ -358,14 +359,9 @@ pub fn tail(
         }
         TailSource::Export(file) => {
             for line in open_input(&file)?.lines().skip(1) {
-                let v: serde_json::Value = serde_json::from_str(&line?)?;
-                let Some(seq) = v["seq"].as_u64() else {
-                    continue;
-                };
-                let mut stored = hex::decode(v["hash"].as_str().unwrap_or_default())?;
-                stored.extend(B64.decode(v["sig"].as_str().unwrap_or_default())?);
-                stored.extend(B64.decode(v["event"].as_str().unwrap_or_default())?);
-                entries.push(Entry::from_stored(seq, &stored).map_err(|e| anyhow::anyhow!(e))?);
+                if let Some(e) = parse_entry_line(&line?).map_err(|e| anyhow::anyhow!(e))? {
+                    entries.push(e);
+                }
             }
             let start = from.unwrap_or_else(|| (entries.len() as u64).saturating_sub(count));
             entries.retain(|e| e.seq >= start);

@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -190,7 +189,6 @@ impl Metrics {
             "isnad_journal_lag_entries {}",
             journal.len().saturating_sub(journal.durable_len())
         ));
-        let _ = write!(out, "");
         out
     }
 }

@@ -129,11 +129,7 @@ async fn require_admin(
     req: Request,
     next: Next,
 ) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token {
+    match crate::auth::bearer(&headers) {
         Some(t) if state.admin.matches(t) => next.run(req).await,
         _ => ApiError::Unauthorized.into_response(),
     }

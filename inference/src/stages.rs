@@ -16,8 +16,7 @@ use futures_util::StreamExt as _;
 use isnad_journal::{Entry, Journal};
 use isnad_pipeline::{Attachment, Stage};
 use isnad_schemas::{
-    CompletionFinished, EventId, GuardrailEvaluated, ModelFallback, NewEvent, RequestRejected,
-    RouteSelected,
+    CompletionFinished, GuardrailEvaluated, ModelFallback, NewEvent, RequestRejected, RouteSelected,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -234,15 +233,7 @@ impl Stage for Inference {
 
 /// Outcome events get ids derived from the route event, so they are unique and stable.
 fn outcome(input: &Entry, n: usize, ev: NewEvent) -> NewEvent {
-    let ms = u64::try_from(input.event.timestamp_us / 1000).unwrap_or(0);
-    let mut ev = ev.with_id(EventId::derived(
-        ms,
-        format!("inference\u{0}{}\u{0}{n}", input.event.id).as_bytes(),
-    ));
-    ev.request_id = input.event.request_id.clone();
-    ev.team = input.event.team.clone();
-    ev.actor = input.event.actor.clone();
-    ev
+    isnad_pipeline::derive_output("inference", input, n, ev)
 }
 
 fn upstream_failure(e: &Error) -> (u16, &'static str) {

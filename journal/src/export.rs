@@ -56,6 +56,33 @@ struct EntryLine {
     view: EventJson,
 }
 
+impl EntryLine {
+    /// The stored form (hash ‖ signature ‖ canonical bytes) the line carries.
+    fn stored(&self) -> Result<Vec<u8>, String> {
+        let hash = hex::decode(&self.hash).map_err(|e| format!("hash: {e}"))?;
+        let sig = B64.decode(&self.sig).map_err(|e| format!("sig: {e}"))?;
+        let event = B64.decode(&self.event).map_err(|e| format!("event: {e}"))?;
+        if hash.len() != 32 || sig.len() != 64 {
+            return Err("hash or signature has the wrong length".into());
+        }
+        let mut stored = hash;
+        stored.extend_from_slice(&sig);
+        stored.extend_from_slice(&event);
+        Ok(stored)
+    }
+}
+
+/// Parses one entry line of an export into its entry (no chain or signature check: that is
+/// [`verify_export`]'s job). Returns `Ok(None)` for header and checkpoint lines.
+pub fn parse_entry_line(line: &str) -> Result<Option<Entry>, String> {
+    if !line.starts_with("{\"seq\"") {
+        return Ok(None);
+    }
+    let parsed: EntryLine =
+        serde_json::from_str(line).map_err(|e| format!("bad entry line: {e}"))?;
+    Entry::from_stored(parsed.seq, &parsed.stored()?).map(Some)
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CheckpointLine {
@@ -276,21 +303,7 @@ pub fn verify_export(
             // Let the verifier word it (missing vs out of order), with the right seq.
             v.push(parsed.seq, &[])?;
         }
-        let stored = (|| -> Result<Vec<u8>, String> {
-            let hash = hex::decode(&parsed.hash).map_err(|e| format!("hash: {e}"))?;
-            let sig = B64.decode(&parsed.sig).map_err(|e| format!("sig: {e}"))?;
-            let event = B64
-                .decode(&parsed.event)
-                .map_err(|e| format!("event: {e}"))?;
-            if hash.len() != 32 || sig.len() != 64 {
-                return Err("hash or signature has the wrong length".into());
-            }
-            let mut stored = hash;
-            stored.extend_from_slice(&sig);
-            stored.extend_from_slice(&event);
-            Ok(stored)
-        })()
-        .map_err(|r| at(expected, r))?;
+        let stored = parsed.stored().map_err(|r| at(expected, r))?;
         v.push(parsed.seq, &stored)?;
         let entry = Entry::from_stored(parsed.seq, &stored).map_err(|r| at(expected, r))?;
         if render_entry(&entry) != line {

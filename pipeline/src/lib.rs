@@ -319,22 +319,31 @@ impl Drop for Runner {
 }
 
 /// Gives a stage's outputs stable ids (derived from stage, input seq and position) and the
-/// input's request id and team when they have none.
+/// input's request id, team and actor when they have none.
 fn derive_ids(stage: &str, input: &Entry, outputs: Vec<NewEvent>) -> Vec<NewEvent> {
-    let ms = u64::try_from(input.event.timestamp_us / 1000).unwrap_or(0);
     outputs
         .into_iter()
         .enumerate()
-        .map(|(i, mut ev)| {
-            let seed = format!("{stage}\u{0}{}\u{0}{i}", input.event.id);
-            ev.id = EventId::derived(ms, seed.as_bytes());
-            if ev.request_id.is_none() {
-                ev.request_id = input.event.request_id.clone();
-            }
-            if ev.team.is_none() {
-                ev.team = input.event.team.clone();
-            }
-            ev
-        })
+        .map(|(i, ev)| derive_output(stage, input, i, ev))
         .collect()
+}
+
+/// Output `index` of `stage` for `input`: an id derived from the three (so a re-run after a
+/// crash re-emits the same id and the journal drops the repeat), and the input's request id,
+/// team and actor where the output has none. Stages that append outside the runner (from a task
+/// of their own) use this too.
+pub fn derive_output(stage: &str, input: &Entry, index: usize, mut ev: NewEvent) -> NewEvent {
+    let ms = u64::try_from(input.event.timestamp_us / 1000).unwrap_or(0);
+    let seed = format!("{stage}\u{0}{}\u{0}{index}", input.event.id);
+    ev.id = EventId::derived(ms, seed.as_bytes());
+    if ev.request_id.is_none() {
+        ev.request_id = input.event.request_id.clone();
+    }
+    if ev.team.is_none() {
+        ev.team = input.event.team.clone();
+    }
+    if ev.actor.is_none() {
+        ev.actor = input.event.actor.clone();
+    }
+    ev
 }

@@ -302,6 +302,22 @@ payloads! {
         /// Attempts made.
         attempts: u32,
     }
+
+    /// An in-process model was verified against its manifest and loaded.
+    ModelLoaded = ("model.loaded", 1) {
+        /// Model id.
+        model: String,
+        /// `chat` or `embedding`.
+        kind: String,
+        /// `file=sha256:...` for every file of the model.
+        files: Vec<String>,
+        /// Package the files came from.
+        source: String,
+        /// `cpu` or `cuda`.
+        device: String,
+        /// Load time, verification included, in milliseconds.
+        load_ms: u64,
+    }
 }
 
 #[cfg(test)]

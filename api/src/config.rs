@@ -24,6 +24,8 @@ pub struct Config {
     pub models: Vec<isnad_inference::registry::ModelConfig>,
     /// Routing.
     pub routing: RoutingConfig,
+    /// In-process models: where they are, threads, device, batching.
+    pub local: isnad_inference::local::runtime::LocalConfig,
 }
 
 /// `[routing]`
@@ -118,10 +120,19 @@ impl Config {
     /// The model registry (and with it the egress policy) from `[providers]`, `[[models]]` and
     /// `[routing]`.
     pub fn registry(&self) -> Result<isnad_inference::registry::Registry, ConfigError> {
+        // With no models configured, the gateway serves the in-process defaults.
+        let defaults;
+        let models = if self.models.is_empty() && self.providers.is_empty() {
+            defaults = isnad_inference::registry::Registry::default_local_models();
+            &defaults
+        } else {
+            &self.models
+        };
         isnad_inference::registry::Registry::load(
             &self.providers,
-            &self.models,
+            models,
             self.routing.default_model.as_deref(),
+            &self.local,
         )
         .map_err(|e| ConfigError {
             file: "configuration".into(),

@@ -9,5 +9,6 @@ pub mod error;
 pub mod gateway;
 pub mod journal_cli;
 pub mod metrics;
+pub mod models_cli;
 pub mod server;
 pub mod tls;

@@ -38,6 +38,33 @@ enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// The local models: what the models directory holds, and whether its files match their
+    /// manifests.
+    Models {
+        /// Models directory (default: `[local] models_dir` of the configuration, `models`).
+        #[arg(long, env = "ISNAD_MODELS_DIR", global = true)]
+        models_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Lists the installed models.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hashes every model file against its manifest (exit 3 on a mismatch).
+    Verify {
+        /// Models to check (default: all).
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,6 +165,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .build()?;
             rt.block_on(isnad_api::server::serve(config, &cli.data_dir, listen))?;
             Ok(0)
+        }
+        Command::Models {
+            models_dir,
+            command,
+        } => {
+            init_tracing("warn");
+            let dir = models_dir.unwrap_or_else(|| config.local.models_dir());
+            match command {
+                ModelsCommand::List { json } => isnad_api::models_cli::list(&dir, json),
+                ModelsCommand::Verify { names, json } => {
+                    isnad_api::models_cli::verify(&dir, &names, json)
+                }
+            }
         }
         Command::Journal { command } => {
             init_tracing("warn");

@@ -428,6 +428,19 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     })?
     .actor("system");
     journal.append_one(started).await?;
+    for m in registry.loaded() {
+        let loaded = NewEvent::new(&isnad_schemas::ModelLoaded {
+            model: m.name.clone(),
+            kind: m.kind.clone(),
+            files: m.hashes.clone(),
+            source: m.source.clone(),
+            device: format!("{:?}", m.device).to_lowercase(),
+            load_ms: m.load_ms,
+        })?
+        .actor("system");
+        journal.append_one(loaded).await?;
+        tracing::info!(model = %m.name, device = ?m.device, load_ms = m.load_ms, "model loaded");
+    }
     let admin = Arc::new(admin);
     let bus = isnad_pipeline::Bus::new(journal.clone());
     let mut runner = isnad_pipeline::Runner::new(bus.clone());

@@ -49,21 +49,28 @@ impl Drop for Proc {
 }
 
 fn spawn(mut cmd: Command, prefix: &str) -> Proc {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
+    // Owned by `Proc` from the start, so every exit path below stops and reaps it.
+    let mut proc = Proc {
+        child,
+        base: String::new(),
+    };
+    let out = proc.child.stdout.take().unwrap();
     let mut reader = BufReader::new(out);
     let mut line = String::new();
     loop {
         line.clear();
-        reader.read_line(&mut line).unwrap();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            panic!("the process exited before printing {prefix:?}");
+        }
         if let Some(b) = line.trim().strip_prefix(prefix) {
-            let base = b.to_owned();
+            proc.base = b.to_owned();
             std::thread::spawn(move || for _ in reader.lines() {});
-            return Proc { child, base };
+            return proc;
         }
     }
 }

@@ -5,10 +5,13 @@
 //! - [`upstream`]: an OpenAI-compatible upstream (vLLM, llama.cpp's server, TGI, Ollama, another
 //!   isnad): pooled connections, HTTP/2 where offered, connect and read timeouts, retries with
 //!   backoff on connect errors, 429 and 5xx, and streaming passed through chunk by chunk.
+//! - [`local`]: models inside the process on ONNX Runtime (chat with a key/value cache and
+//!   continuous batching; batched embeddings), every file pinned by its manifest.
 //! - [`egress`]: the only door out of the process. A request to a host that is not a configured
 //!   upstream is refused before any socket is opened, and redirects are never followed.
 
 pub mod egress;
+pub mod local;
 pub mod registry;
 pub mod stages;
 pub mod upstream;
@@ -36,9 +39,15 @@ pub enum Error {
     /// The stream broke after it started.
     #[error("upstream stream failed: {0}")]
     Stream(String),
-    /// Bad configuration or input.
+    /// Bad configuration, or a local model failed.
     #[error("{0}")]
     Invalid(String),
+    /// The client's request cannot be served as sent (a local model's validation).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A local model's queue is full.
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 /// Result alias for this crate.

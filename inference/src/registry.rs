@@ -6,7 +6,39 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
-use crate::{egress::EgressPolicy, upstream::Upstream, Error, Result};
+use crate::{
+    egress::EgressPolicy,
+    local::{runtime::LocalConfig, LoadReport, LocalModel, SseStream, LOCAL_PROVIDER},
+    upstream::Upstream,
+    Error, Result,
+};
+
+/// Where a model's requests go.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// An OpenAI-compatible server inside the boundary.
+    Upstream(Arc<Upstream>),
+    /// A model in this process.
+    Local(LocalModel),
+}
+
+impl Backend {
+    /// A non-streaming request for `path` under `/v1/`.
+    pub async fn json(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        match self {
+            Self::Upstream(u) => u.json(path, body).await,
+            Self::Local(m) => m.json(path, body).await,
+        }
+    }
+
+    /// A streaming request: the SSE bytes as they come.
+    pub async fn stream(&self, path: &str, body: &serde_json::Value) -> Result<SseStream> {
+        match self {
+            Self::Upstream(u) => Ok(Box::pin(u.stream(path, body).await?)),
+            Self::Local(m) => m.stream(path, body).await,
+        }
+    }
+}
 
 /// `[providers.NAME]`: an OpenAI-compatible server inside the boundary.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -118,6 +150,11 @@ fn default_context() -> u32 {
     8192
 }
 
+/// The chat model served with no configuration.
+pub const DEFAULT_CHAT_MODEL: &str = "smollm2-135m-instruct";
+/// The embedding model served with no configuration.
+pub const DEFAULT_EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
+
 /// A checked model with its provider.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -126,11 +163,11 @@ pub struct Model {
     /// Provider name.
     pub provider_name: String,
     /// Provider.
-    pub upstream: Arc<Upstream>,
+    pub backend: Backend,
 }
 
 impl Model {
-    /// Name the upstream knows.
+    /// Name the upstream knows (for a local model: its directory under the models directory).
     pub fn upstream_model(&self) -> &str {
         self.config
             .upstream_model
@@ -145,18 +182,26 @@ pub struct Registry {
     models: Vec<Model>,
     default_chat: Option<String>,
     egress: EgressPolicy,
+    loaded: Vec<LoadReport>,
 }
 
 impl Registry {
     /// Checks and builds the registry; the egress policy allows exactly the providers' origins.
+    /// Models of provider `local` are verified against their manifests and started.
     pub fn load(
         providers: &BTreeMap<String, ProviderConfig>,
         models: &[ModelConfig],
         default_chat: Option<&str>,
+        local: &LocalConfig,
     ) -> Result<Self> {
         let mut egress = EgressPolicy::deny_all();
         let mut built: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
         for (name, p) in providers {
+            if name == LOCAL_PROVIDER {
+                return Err(Error::Invalid(format!(
+                    "providers.{LOCAL_PROVIDER}: the name is reserved for in-process models"
+                )));
+            }
             let url = Url::parse(&p.base_url)
                 .map_err(|e| Error::Invalid(format!("providers.{name}.base_url: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") {
@@ -186,6 +231,7 @@ impl Registry {
             built.insert(name, Arc::new(upstream));
         }
         let mut out: Vec<Model> = Vec::new();
+        let mut loaded = Vec::new();
         for (i, m) in models.iter().enumerate() {
             if m.id.is_empty() || m.id.contains(char::is_whitespace) {
                 return Err(Error::Invalid(format!(
@@ -198,16 +244,35 @@ impl Registry {
                     m.id
                 )));
             }
-            let upstream = built.get(m.provider.as_str()).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "models[{i}].provider: unknown provider \"{}\"",
-                    m.provider
-                ))
-            })?;
+            let backend = if m.provider == LOCAL_PROVIDER {
+                let dir = m.upstream_model.as_deref().unwrap_or(&m.id);
+                let (model, report) = LocalModel::load(local, dir)
+                    .map_err(|e| Error::Invalid(format!("models[{i}]: {e}")))?;
+                let kind = match m.kind {
+                    ModelKind::Chat => "chat",
+                    ModelKind::Embedding => "embedding",
+                };
+                if model.kind() != kind {
+                    return Err(Error::Invalid(format!(
+                        "models[{i}].kind: \"{dir}\" is a {} model",
+                        model.kind()
+                    )));
+                }
+                loaded.push(report);
+                Backend::Local(model)
+            } else {
+                let upstream = built.get(m.provider.as_str()).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "models[{i}].provider: unknown provider \"{}\"",
+                        m.provider
+                    ))
+                })?;
+                Backend::Upstream(upstream.clone())
+            };
             out.push(Model {
                 config: m.clone(),
                 provider_name: m.provider.clone(),
-                upstream: upstream.clone(),
+                backend,
             });
         }
         for (i, m) in models.iter().enumerate() {
@@ -249,7 +314,36 @@ impl Registry {
             models: out,
             default_chat,
             egress,
+            loaded,
         })
+    }
+
+    /// The local models loaded, with their file hashes.
+    pub fn loaded(&self) -> &[LoadReport] {
+        &self.loaded
+    }
+
+    /// The models `isnad serve` offers with no configuration: the in-process chat and embedding
+    /// models the setup step installs.
+    pub fn default_local_models() -> Vec<ModelConfig> {
+        let local = |id: &str, kind, context_length| ModelConfig {
+            id: id.into(),
+            provider: LOCAL_PROVIDER.into(),
+            upstream_model: None,
+            kind,
+            residency: Residency::Local,
+            languages: vec!["en".into()],
+            price_per_1k_input: 0.0,
+            price_per_1k_output: 0.0,
+            context_length,
+            fallbacks: vec![],
+            supports_tools: false,
+            variable_dimensions: false,
+        };
+        vec![
+            local(DEFAULT_CHAT_MODEL, ModelKind::Chat, 8192),
+            local(DEFAULT_EMBEDDING_MODEL, ModelKind::Embedding, 256),
+        ]
     }
 
     /// A model by id.
@@ -323,14 +417,32 @@ mod tests {
     #[test]
     fn errors_name_the_key_path() {
         let providers = BTreeMap::from([("a".to_owned(), provider("http://127.0.0.1:9/v1"))]);
-        let e = Registry::load(&providers, &[model("m", "b", &[])], None).unwrap_err();
+        let e = Registry::load(
+            &providers,
+            &[model("m", "b", &[])],
+            None,
+            &LocalConfig::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("models[0].provider"), "{e}");
-        let e = Registry::load(&providers, &[model("m", "a", &["x"])], None).unwrap_err();
+        let e = Registry::load(
+            &providers,
+            &[model("m", "a", &["x"])],
+            None,
+            &LocalConfig::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("models[0].fallbacks[0]"), "{e}");
-        let e = Registry::load(&providers, &[model("m", "a", &[])], Some("z")).unwrap_err();
+        let e = Registry::load(
+            &providers,
+            &[model("m", "a", &[])],
+            Some("z"),
+            &LocalConfig::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("routing.default_model"), "{e}");
         let bad = BTreeMap::from([("a".to_owned(), provider("ftp://x/v1"))]);
-        assert!(Registry::load(&bad, &[], None)
+        assert!(Registry::load(&bad, &[], None, &LocalConfig::default())
             .unwrap_err()
             .to_string()
             .contains("providers.a.base_url"));
@@ -344,7 +456,7 @@ mod tests {
             model("m2", "a", &["m1"]),
             model("m3", "a", &[]),
         ];
-        let r = Registry::load(&providers, &models, None).unwrap();
+        let r = Registry::load(&providers, &models, None, &LocalConfig::default()).unwrap();
         let chain: Vec<&str> = r
             .with_fallbacks("m1")
             .iter()

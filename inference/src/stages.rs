@@ -242,6 +242,8 @@ fn upstream_failure(e: &Error) -> (u16, &'static str) {
         Error::Connect(_) => (503, "upstream_unavailable"),
         Error::Status { status: 429, .. } => (429, "upstream_rate_limited"),
         Error::Egress(_) => (502, "egress_refused"),
+        Error::BadRequest(_) => (400, "invalid_request"),
+        Error::Overloaded(_) => (503, "model_overloaded"),
         _ => (502, "upstream_error"),
     }
 }
@@ -270,9 +272,9 @@ async fn serve(
         body["model"] = Value::String(model.upstream_model().to_owned());
         let path = req.endpoint.upstream_path();
         let result = if req.stream {
-            stream_one(model.upstream.as_ref(), path, &body, req, &model.config.id).await
+            stream_one(&model.backend, path, &body, req, &model.config.id).await
         } else {
-            json_one(model.upstream.as_ref(), path, &body, req, &model.config.id).await
+            json_one(&model.backend, path, &body, req, &model.config.id).await
         };
         match result {
             Ok(done) => {
@@ -420,7 +422,7 @@ fn usage(v: &Value) -> (u64, u64) {
 }
 
 async fn json_one(
-    up: &crate::upstream::Upstream,
+    up: &crate::registry::Backend,
     path: &str,
     body: &Value,
     req: &InferenceRequest,
@@ -469,13 +471,13 @@ async fn json_one(
 }
 
 async fn stream_one(
-    up: &crate::upstream::Upstream,
+    up: &crate::registry::Backend,
     path: &str,
     body: &Value,
     req: &InferenceRequest,
     model_id: &str,
 ) -> Result<Done, Attempt> {
-    let mut upstream = Box::pin(up.stream(path, body).await.map_err(Attempt::Retryable)?);
+    let mut upstream = up.stream(path, body).await.map_err(Attempt::Retryable)?;
     let mut parser = SseParser::default();
     let mut hasher = Sha256::new();
     let mut done = Done {

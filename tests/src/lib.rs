@@ -82,10 +82,19 @@ pub fn python_with_openai() -> PathBuf {
     venv
 }
 
+/// The models directory `scripts/setup-models` fills (`ISNAD_MODELS_DIR` overrides).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("ISNAD_MODELS_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"),
+        PathBuf::from,
+    )
+}
+
 /// Runs `isnad` with arguments and returns its output.
 pub fn isnad(args: &[&str]) -> Output {
     Command::new(isnad_bin())
         .args(args)
+        .env("ISNAD_MODELS_DIR", models_dir())
         .env_remove("ISNAD_CONFIG")
         .output()
         .expect("run isnad")
@@ -108,6 +117,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env("ISNAD_ADMIN_KEY", token)
+            .env("ISNAD_MODELS_DIR", models_dir())
             .env_remove("ISNAD_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

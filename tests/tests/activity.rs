@@ -14,17 +14,32 @@ fn node_key(dir: &std::path::Path) -> ed25519_dalek::VerifyingKey {
     parse_public_key(&std::fs::read_to_string(dir.join("node.pub")).unwrap()).unwrap()
 }
 
+/// A configuration with one upstream model and no local ones, so that the journal holds exactly
+/// the events this test makes (local models would add `model.loaded` at every start).
+fn upstream_only(dir: &std::path::Path) -> String {
+    let cfg = dir.join("isnad.toml");
+    std::fs::write(
+        &cfg,
+        "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[[models]]\nid = \"m\"\nprovider = \"up\"\nresidency = \"local\"\n",
+    )
+    .unwrap();
+    cfg.to_str().unwrap().to_owned()
+}
+
 #[test]
 fn activity_api_serves_filters_pages_and_proves() {
     let dir = tempfile::tempdir().unwrap();
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = upstream_only(cfg_dir.path());
+    let args = ["--config", cfg.as_str()];
     // Three starts: three node.started events, a chain that spans restarts.
     for _ in 0..2 {
         assert!(
-            Server::start(dir.path(), TOKEN, &[]).stop(),
+            Server::start(dir.path(), TOKEN, &args).stop(),
             "clean shutdown"
         );
     }
-    let server = Server::start(dir.path(), TOKEN, &[]);
+    let server = Server::start(dir.path(), TOKEN, &args);
     let url = |p: &str| format!("{}{p}", server.base);
 
     assert_eq!(curl("GET", &url("/healthz"), None, None).status, 200);

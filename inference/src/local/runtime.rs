@@ -80,14 +80,28 @@ impl LocalConfig {
 
 static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
 
-fn library_path(models_dir: &Path) -> PathBuf {
-    models_dir.join("onnxruntime").join("libonnxruntime.so")
+/// The ONNX Runtime build to load: `onnxruntime-gpu/` (from `scripts/setup-models --gpu`) when
+/// CUDA is asked for and installed, else the CPU build in `onnxruntime/`.
+fn runtime_dir(cfg: &LocalConfig) -> PathBuf {
+    let models = cfg.models_dir();
+    let gpu = models.join("onnxruntime-gpu");
+    if cfg.device == Device::Cuda {
+        if gpu.join("libonnxruntime.so").exists() {
+            return gpu;
+        }
+        tracing::warn!(
+            "device = \"cuda\" but {} is not installed (`{SETUP_COMMAND} --gpu`); using the CPU build",
+            gpu.display()
+        );
+    }
+    models.join("onnxruntime")
 }
 
 /// The process's ONNX Runtime environment, loading the library on first use.
-pub fn environment(models_dir: &Path) -> Result<&'static Environment> {
+pub fn environment(cfg: &LocalConfig) -> Result<&'static Environment> {
     let env = ENV.get_or_init(|| {
-        let lib = library_path(models_dir);
+        let dir = runtime_dir(cfg);
+        let lib = dir.join("libonnxruntime.so");
         if !lib.exists() {
             return Err(format!(
                 "ONNX Runtime library {} not found; run `{SETUP_COMMAND}`",
@@ -96,8 +110,7 @@ pub fn environment(models_dir: &Path) -> Result<&'static Environment> {
         }
         // The runtime is pinned like the models: a library that differs from its manifest is
         // not loaded into the process.
-        crate::local::manifest::verify(&models_dir.join("onnxruntime"))
-            .map_err(|e| e.to_string())?;
+        crate::local::manifest::verify(&dir).map_err(|e| e.to_string())?;
         ort::init_from(&lib)
             .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?
             .with_name("isnad")
@@ -110,7 +123,7 @@ pub fn environment(models_dir: &Path) -> Result<&'static Environment> {
 
 /// Opens a session on `model` with the configured device and threads.
 pub fn session(cfg: &LocalConfig, model: &Path) -> Result<(Session, Device)> {
-    let env = environment(&cfg.models_dir())?;
+    let env = environment(cfg)?;
     let err = |e: ort::Error| Error::Invalid(format!("{}: {e}", model.display()));
     let mut builder = Session::builder(env)
         .map_err(err)?

@@ -1,7 +1,8 @@
 //! In-process sentence embeddings: a tokenizer, one ONNX Runtime session, mean pooling over the
-//! attention mask and L2 normalisation. Concurrent requests are batched: the worker gathers
-//! inputs for up to `embed_max_wait_us` or `embed_max_batch` inputs, sorts them by length so each
-//! sub-batch pads little, runs them, and answers every request with its own vectors.
+//! attention mask and L2 normalisation. Concurrent requests are batched: the worker takes every
+//! request already waiting and, when requests have been arriving together, waits up to
+//! `embed_max_wait_us` for more, up to `embed_max_batch` inputs; it sorts the inputs by length so
+//! each sub-batch pads little, runs them, and answers every request with its own vectors.
 
 use std::{
     sync::mpsc::{self, RecvTimeoutError},
@@ -80,6 +81,9 @@ struct Worker {
     max_wait: Duration,
     cls_id: Option<u32>,
     sep_id: Option<u32>,
+    /// Vocabulary size with added tokens (the tokenizer computes it by copying its vocabulary,
+    /// so it is asked once).
+    vocab_size: u32,
 }
 
 fn load_tokenizer(model: &VerifiedModel) -> Result<Tokenizer> {
@@ -132,6 +136,7 @@ impl EmbeddingEngine {
         let worker = Worker {
             session,
             cls_id: tokenizer.token_to_id("[CLS]"),
+            vocab_size: tokenizer.get_vocab_size(true) as u32,
             sep_id: tokenizer.token_to_id("[SEP]"),
             tokenizer: tokenizer.clone(),
             input_names,
@@ -193,13 +198,21 @@ struct Prepared {
 
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
+        // Whether the last batch had company: only then is waiting for more inputs worth its
+        // latency. A lone client is served at once; under concurrent load requests queue up
+        // while a batch runs, and the wait gathers the stragglers.
+        let mut concurrent = false;
         while let Ok(first) = rx.recv() {
             let mut jobs = vec![first];
             let mut n = jobs[0].inputs.len();
             let deadline = Instant::now() + self.max_wait;
             while n < self.max_batch {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(left) {
+                let next = match rx.try_recv() {
+                    Ok(j) => Ok(j),
+                    Err(_) if !concurrent => break,
+                    Err(_) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+                };
+                match next {
                     Ok(j) => {
                         n += j.inputs.len();
                         jobs.push(j);
@@ -207,6 +220,7 @@ impl Worker {
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
+            concurrent = jobs.len() > 1;
             self.serve(jobs);
         }
     }
@@ -274,9 +288,12 @@ impl Worker {
             })
             .collect();
         if !texts.is_empty() {
-            let encodings = self
-                .tokenizer
-                .encode_batch(texts.iter().map(|(_, t)| *t).collect::<Vec<_>>(), true)
+            // One by one on this thread: a parallel batch encode would wake a second thread
+            // pool that fights ONNX Runtime's for the same cores, for microseconds of work.
+            let encodings = texts
+                .iter()
+                .map(|(_, t)| self.tokenizer.encode(*t, true))
+                .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| Error::BadRequest(format!("cannot tokenise input: {e}")))?;
             for ((i, _), enc) in texts.iter().zip(encodings) {
                 out.push(Prepared {
@@ -287,7 +304,7 @@ impl Worker {
                 });
             }
         }
-        let vocab = self.tokenizer.get_vocab_size(true) as u32;
+        let vocab = self.vocab_size;
         for (i, x) in inputs.iter().enumerate() {
             let EmbedInput::Tokens(ids) = x else { continue };
             if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {

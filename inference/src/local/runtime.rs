@@ -116,6 +116,12 @@ pub fn environment(cfg: &LocalConfig) -> Result<&'static Environment> {
             .with_name("isnad")
             .with_telemetry(false)
             .build()
+            .map(|env| {
+                // ort's tracing bridge registers at verbose level; formatting ONNX Runtime's
+                // verbose messages costs milliseconds per run even when nothing prints them.
+                env.set_log_level(ort::logging::LogLevel::Warning);
+                env
+            })
             .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
     });
     env.as_ref().map_err(|e| Error::Invalid(e.clone()))
@@ -130,6 +136,8 @@ pub fn session(cfg: &LocalConfig, model: &Path) -> Result<(Session, Device)> {
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| err(e.into()))?
         .with_intra_threads(cfg.threads())
+        .map_err(|e| err(e.into()))?
+        .with_log_level(ort::logging::LogLevel::Warning)
         .map_err(|e| err(e.into()))?;
     let mut device = Device::Cpu;
     if cfg.device == Device::Cuda {

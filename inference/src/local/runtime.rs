@@ -116,12 +116,8 @@ pub fn environment(cfg: &LocalConfig) -> Result<&'static Environment> {
             .with_name("isnad")
             .with_telemetry(false)
             .build()
-            .map(|env| {
-                // ort's tracing bridge registers at verbose level; formatting ONNX Runtime's
-                // verbose messages costs milliseconds per run even when nothing prints them.
-                env.set_log_level(ort::logging::LogLevel::Warning);
-                env
-            })
+            // ort's tracing bridge registers at verbose level; only warnings are wanted.
+            .inspect(|env| env.set_log_level(ort::logging::LogLevel::Warning))
             .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
     });
     env.as_ref().map_err(|e| Error::Invalid(e.clone()))

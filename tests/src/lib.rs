@@ -82,6 +82,27 @@ pub fn python_with_openai() -> PathBuf {
     venv
 }
 
+/// Runs `tests/python/NAME` (a script of checks with the official SDK) against `base`; returns
+/// its output, failing the test with both streams when a check fails.
+pub fn run_sdk_script(name: &str, base: &str, token: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name);
+    let out = Command::new(python_with_openai())
+        .arg(&script)
+        .args([base, token])
+        .output()
+        .expect("run the SDK script");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "SDK checks in {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// The models directory `scripts/setup-models` fills (`ISNAD_MODELS_DIR` overrides).
 pub fn models_dir() -> PathBuf {
     std::env::var_os("ISNAD_MODELS_DIR").map_or_else(

@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use isnad_tests::{curl, isnad, isnad_bin, models_dir, python_with_openai, Server};
+use isnad_tests::{curl, isnad, isnad_bin, models_dir, run_sdk_script, Server};
 
 const TOKEN: &str = "local-models-token";
 
@@ -15,18 +15,8 @@ const TOKEN: &str = "local-models-token";
 fn serve_with_no_config_answers_from_local_models() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), TOKEN, &[]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/local_models.py");
-    let out = Command::new(python_with_openai())
-        .args([script, &server.base, TOKEN])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("ALL OK"),
-        "SDK checks failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_sdk_script("local_models.py", &server.base, TOKEN);
+    assert!(stdout.contains("ALL OK"), "{stdout}");
 
     // The models' file hashes are in the journal, as the manifests pin them.
     let r = curl(

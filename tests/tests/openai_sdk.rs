@@ -7,7 +7,7 @@
 
 use std::{process::Command, time::Duration};
 
-use isnad_tests::{curl, python_with_openai, MockUpstream, Server};
+use isnad_tests::{curl, run_sdk_script, MockUpstream, Server};
 
 const TOKEN: &str = "sdk-test-token";
 
@@ -126,18 +126,7 @@ fn the_official_openai_sdk_works_against_isnad() {
         &["--config", cfg.to_str().unwrap()],
     );
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/openai_sdk.py");
-    let out = Command::new(python_with_openai())
-        .args([script, &server.base, TOKEN])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "SDK checks failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_sdk_script("openai_sdk.py", &server.base, TOKEN);
 
     // The first request's path through the pipeline, in the journal.
     let rid = stdout

@@ -82,6 +82,37 @@ pub fn python_with_openai() -> PathBuf {
     venv
 }
 
+/// Runs `tests/node/NAME` with the official `openai` Node SDK (installed by `scripts/test` into
+/// `target/nodeenv`) against `base`; returns its output, failing the test when a check fails.
+pub fn run_node_sdk_script(name: &str, base: &str, token: &str) -> String {
+    let modules = std::env::var_os("ISNAD_TEST_NODE_PATH").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nodeenv/node_modules"),
+        PathBuf::from,
+    );
+    assert!(
+        modules.join("openai").exists(),
+        "no openai Node SDK in {}: run ./scripts/test, which installs it",
+        modules.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("node")
+        .join(name);
+    let out = Command::new("node")
+        .arg(&script)
+        .args([base, token])
+        .env("NODE_PATH", &modules)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "Node SDK checks in {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Runs `tests/python/NAME` (a script of checks with the official SDK) against `base`; returns
 /// its output, failing the test with both streams when a check fails.
 pub fn run_sdk_script(name: &str, base: &str, token: &str) -> String {

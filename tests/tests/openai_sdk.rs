@@ -1,4 +1,5 @@
-//! The gateway driven by the official `openai` Python SDK, against the mock upstream on loopback:
+//! The gateway driven by the official `openai` Python SDK (and the same checks from the Node SDK),
+//! against the mock upstream on loopback:
 //! chat, streaming with usage, tool calls, embeddings (base64 and float), models, fallbacks, and
 //! each error status as the SDK's typed exception; then the journal is checked for every request's
 //! events, and a client that disconnects mid-stream still gets its outcome journaled.
@@ -7,7 +8,7 @@
 
 use std::{process::Command, time::Duration};
 
-use isnad_tests::{curl, run_sdk_script, MockUpstream, Server};
+use isnad_tests::{curl, run_node_sdk_script, run_sdk_script, MockUpstream, Server};
 
 const TOKEN: &str = "sdk-test-token";
 
@@ -112,6 +113,22 @@ fn logs(base: &str, query: &str) -> Vec<serde_json::Value> {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["data"].as_array().unwrap().clone()
+}
+
+#[test]
+fn the_official_node_sdk_works_against_isnad() {
+    let mock = MockUpstream::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("isnad.toml");
+    std::fs::write(&cfg, config(&mock.base)).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        TOKEN,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let out = run_node_sdk_script("openai_sdk.cjs", &server.base, TOKEN);
+    assert!(out.contains("27 passed, 0 failed"), "{out}");
+    assert!(server.stop());
 }
 
 #[test]

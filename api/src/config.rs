@@ -82,6 +82,8 @@ pub struct JournalConfig {
     pub checkpoint_every: u64,
     /// Checkpoint after this many milliseconds with new entries.
     pub checkpoint_interval_ms: u64,
+    /// sled's page cache, in MiB (appends need little; whole-log scans like more).
+    pub cache_mb: u64,
 }
 
 impl Default for JournalConfig {
@@ -90,6 +92,7 @@ impl Default for JournalConfig {
             origin: None,
             checkpoint_every: 1024,
             checkpoint_interval_ms: 1000,
+            cache_mb: 32,
         }
     }
 }
@@ -101,6 +104,7 @@ impl JournalConfig {
             origin: self.origin.clone(),
             checkpoint_every: self.checkpoint_every.max(1),
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
+            cache_bytes: self.cache_mb.max(1) * 1024 * 1024,
             ..isnad_journal::Options::default()
         }
     }

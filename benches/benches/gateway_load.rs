@@ -76,10 +76,15 @@ fn spawn(mut cmd: Command, prefix: &str) -> Proc {
 }
 
 fn rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmRSS:")
+}
+
+/// A size line of `/proc/PID/status` in MB (`VmRSS:` now, `VmHWM:` the peak since start).
+fn status_mb(pid: u32, key: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -282,6 +287,7 @@ fn main() {
         peak_rss = peak_rss.max(rss_mb(isnad.child.id()));
         println!();
         println!("closed loop, 64 concurrent, non-streaming: direct {direct_max:.0} req/s ({de} errors), via isnad {gw_max:.0} req/s ({ge} errors)");
-        println!("isnad resident memory: idle {idle_rss:.1} MB, peak under load {peak_rss:.1} MB");
+        let hwm = status_mb(isnad.child.id(), "VmHWM:");
+        println!("isnad resident memory: idle {idle_rss:.1} MB, under load {peak_rss:.1} MB (highest at the end of a row), high-water mark {hwm:.1} MB");
     });
 }

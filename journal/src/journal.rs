@@ -52,8 +52,12 @@ pub struct Options {
     pub checkpoint_every: u64,
     /// A checkpoint after this long with new durable entries.
     pub checkpoint_interval: Duration,
-    /// Entries kept in memory for subscribers.
+    /// Entries kept in memory for subscribers (stages read from here; a subscriber that falls
+    /// further behind catches up from disk).
     pub ring_capacity: usize,
+    /// sled's page cache for [`Journal::open_dir`]. Appends only touch the log's tail, so a
+    /// small cache costs writes nothing; whole-log scans are what a larger one speeds up.
+    pub cache_bytes: u64,
     /// Most events in one group commit.
     pub max_batch: usize,
 }
@@ -64,8 +68,9 @@ impl Default for Options {
             origin: None,
             checkpoint_every: 1024,
             checkpoint_interval: Duration::from_millis(1000),
-            ring_capacity: 16_384,
+            ring_capacity: 4_096,
             max_batch: 8192,
+            cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -207,7 +212,7 @@ impl Journal {
     /// Opens the journal in `data_dir` (sled under `journal/`, node key beside it).
     pub fn open_dir(data_dir: &Path, opts: Options) -> Result<Self> {
         let key = NodeKey::load_or_create(data_dir)?;
-        let store = SledStore::open(&store_path(data_dir))?;
+        let store = SledStore::open_with_cache(&store_path(data_dir), opts.cache_bytes)?;
         Self::open(Arc::new(store), key, opts)
     }
 

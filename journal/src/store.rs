@@ -73,18 +73,29 @@ pub struct SledStore {
     data_file: std::fs::File,
 }
 
+/// sled's page cache for [`SledStore::open`].
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledStore {
     /// Opens (or creates) the sled database at `path`.
     ///
     /// sled releases its file lock from a background thread shortly after the previous handle in
     /// this process is dropped, so a lock conflict is retried for up to two seconds before it is
     /// reported (another process holding the log keeps it for longer than that).
+    ///
+    /// The page cache is [`DEFAULT_CACHE_BYTES`]: sized for the offline tools, which scan the
+    /// whole log; a server picks its own with [`SledStore::open_with_cache`].
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the sled database at `path` with a page cache of `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self> {
         let mut tries = 0;
         loop {
             let opened = sled::Config::new()
                 .path(path)
-                .cache_capacity(64 * 1024 * 1024)
+                .cache_capacity(cache_bytes)
                 // sled's own background flush is not our durability: `flush()` is.
                 .flush_every_ms(None)
                 .open();

@@ -1,4 +1,5 @@
-//! The gateway driven by the official `openai` Python SDK (and the same checks from the Node SDK),
+//! The gateway driven by the official `openai` Python SDK (and the same checks from the Node SDK,
+//! and LangChain's OpenAI integration),
 //! against the mock upstream on loopback:
 //! chat, streaming with usage, tool calls, embeddings (base64 and float), models, fallbacks, and
 //! each error status as the SDK's typed exception; then the journal is checked for every request's
@@ -113,6 +114,22 @@ fn logs(base: &str, query: &str) -> Vec<serde_json::Value> {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["data"].as_array().unwrap().clone()
+}
+
+#[test]
+fn langchain_works_against_isnad() {
+    let mock = MockUpstream::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("isnad.toml");
+    std::fs::write(&cfg, config(&mock.base)).unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        TOKEN,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let out = run_sdk_script("langchain_check.py", &server.base, TOKEN);
+    assert!(out.contains("ALL OK"), "{out}");
+    assert!(server.stop());
 }
 
 #[test]

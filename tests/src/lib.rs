@@ -116,19 +116,37 @@ pub fn run_node_sdk_script(name: &str, base: &str, token: &str) -> String {
 /// Runs `tests/python/NAME` (a script of checks with the official SDK) against `base`; returns
 /// its output, failing the test with both streams when a check fails.
 pub fn run_sdk_script(name: &str, base: &str, token: &str) -> String {
+    run_python_check(&python_with_openai(), name, base, token)
+}
+
+/// Runs `tests/python/NAME` with LlamaIndex's interpreter (`target/llamaenv`, which
+/// `scripts/test` fills; LlamaIndex needs another major version of the `openai` package).
+pub fn run_llamaindex_script(name: &str, base: &str, token: &str) -> String {
+    let python = std::env::var_os("ISNAD_TEST_LLAMAINDEX_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/llamaenv/bin/python"),
+        PathBuf::from,
+    );
+    assert!(
+        python.exists(),
+        "no Python with LlamaIndex: run ./scripts/test, which installs it into target/llamaenv"
+    );
+    run_python_check(&python, name, base, token)
+}
+
+fn run_python_check(python: &Path, name: &str, base: &str, token: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(name);
-    let out = Command::new(python_with_openai())
+    let out = Command::new(python)
         .arg(&script)
         .args([base, token])
         .output()
-        .expect("run the SDK script");
+        .expect("run the check script");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{stdout}");
     assert!(
         out.status.success(),
-        "SDK checks in {name} failed:\n{stdout}\n{}",
+        "checks in {name} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout

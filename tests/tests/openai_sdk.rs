@@ -1,5 +1,5 @@
 //! The gateway driven by the official `openai` Python SDK (and the same checks from the Node SDK,
-//! and LangChain's OpenAI integration),
+//! LangChain's and LlamaIndex's OpenAI integrations),
 //! against the mock upstream on loopback:
 //! chat, streaming with usage, tool calls, embeddings (base64 and float), models, fallbacks, and
 //! each error status as the SDK's typed exception; then the journal is checked for every request's
@@ -9,7 +9,9 @@
 
 use std::{process::Command, time::Duration};
 
-use isnad_tests::{curl, run_node_sdk_script, run_sdk_script, MockUpstream, Server};
+use isnad_tests::{
+    curl, run_llamaindex_script, run_node_sdk_script, run_sdk_script, MockUpstream, Server,
+};
 
 const TOKEN: &str = "sdk-test-token";
 
@@ -116,8 +118,8 @@ fn logs(base: &str, query: &str) -> Vec<serde_json::Value> {
     r.json()["data"].as_array().unwrap().clone()
 }
 
-#[test]
-fn langchain_works_against_isnad() {
+/// Starts the mock upstream and isnad configured over it.
+fn gateway() -> (MockUpstream, tempfile::TempDir, Server) {
     let mock = MockUpstream::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("isnad.toml");
@@ -127,22 +129,28 @@ fn langchain_works_against_isnad() {
         TOKEN,
         &["--config", cfg.to_str().unwrap()],
     );
+    (mock, dir, server)
+}
+
+#[test]
+fn langchain_works_against_isnad() {
+    let (_mock, _dir, server) = gateway();
     let out = run_sdk_script("langchain_check.py", &server.base, TOKEN);
     assert!(out.contains("ALL OK"), "{out}");
     assert!(server.stop());
 }
 
 #[test]
+fn llamaindex_works_against_isnad() {
+    let (_mock, _dir, server) = gateway();
+    let out = run_llamaindex_script("llamaindex_check.py", &server.base, TOKEN);
+    assert!(out.contains("ALL OK"), "{out}");
+    assert!(server.stop());
+}
+
+#[test]
 fn the_official_node_sdk_works_against_isnad() {
-    let mock = MockUpstream::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("isnad.toml");
-    std::fs::write(&cfg, config(&mock.base)).unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        TOKEN,
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let (_mock, _dir, server) = gateway();
     let out = run_node_sdk_script("openai_sdk.cjs", &server.base, TOKEN);
     assert!(out.contains("27 passed, 0 failed"), "{out}");
     assert!(server.stop());
@@ -150,15 +158,7 @@ fn the_official_node_sdk_works_against_isnad() {
 
 #[test]
 fn the_official_openai_sdk_works_against_isnad() {
-    let mock = MockUpstream::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("isnad.toml");
-    std::fs::write(&cfg, config(&mock.base)).unwrap();
-    let server = Server::start(
-        &dir.path().join("data"),
-        TOKEN,
-        &["--config", cfg.to_str().unwrap()],
-    );
+    let (_mock, _dir, server) = gateway();
 
     let stdout = run_sdk_script("openai_sdk.py", &server.base, TOKEN);
 

@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::OnceLock};
 
 use futures_util::StreamExt as _;
 use isnad_inference::local::{
-    chat::{ChatEngine, Delta, GenParams, Message},
+    chat::{self, ChatEngine, Delta, GenParams, Message},
     embed::{EmbedInput, EmbeddingEngine},
     manifest,
     runtime::LocalConfig,
@@ -218,22 +218,11 @@ async fn embedding_requests_are_checked() {
     assert_eq!(v["data"][1]["index"], 1);
 }
 
-async fn collect(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Delta>,
-) -> (String, &'static str, usize) {
-    let mut text = String::new();
-    while let Some(d) = rx.recv().await {
-        match d {
-            Delta::Text(t) => text.push_str(&t),
-            Delta::Finish {
-                reason,
-                completion_tokens,
-                ..
-            } => return (text, reason, completion_tokens),
-            Delta::Error(e) => panic!("generation failed: {e}"),
-        }
-    }
-    panic!("the stream ended without a finish")
+async fn collect(rx: tokio::sync::mpsc::UnboundedReceiver<Delta>) -> (String, &'static str, usize) {
+    let c = chat::collect(rx)
+        .await
+        .unwrap_or_else(|e| panic!("generation failed: {e}"));
+    (c.text, c.finish_reason, c.completion_tokens)
 }
 
 fn user(text: &str) -> Vec<Message> {

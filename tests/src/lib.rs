@@ -97,17 +97,21 @@ pub fn run_node_sdk_script(name: &str, base: &str, token: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("node")
         .join(name);
-    let out = Command::new("node")
-        .arg(&script)
+    let mut cmd = Command::new("node");
+    cmd.arg(&script)
         .args([base, token])
-        .env("NODE_PATH", &modules)
-        .output()
-        .expect("run node");
+        .env("NODE_PATH", &modules);
+    run_check(cmd, name)
+}
+
+/// Runs a check script; returns its output, failing the test with both streams when it fails.
+fn run_check(mut cmd: Command, name: &str) -> String {
+    let out = cmd.output().expect("run the check script");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("{stdout}");
     assert!(
         out.status.success(),
-        "Node SDK checks in {name} failed:\n{stdout}\n{}",
+        "checks in {name} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
@@ -137,19 +141,9 @@ fn run_python_check(python: &Path, name: &str, base: &str, token: &str) -> Strin
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join(name);
-    let out = Command::new(python)
-        .arg(&script)
-        .args([base, token])
-        .output()
-        .expect("run the check script");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "checks in {name} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).args([base, token]);
+    run_check(cmd, name)
 }
 
 /// The models directory `scripts/setup-models` fills (`ISNAD_MODELS_DIR` overrides).

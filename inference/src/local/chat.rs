@@ -119,6 +119,43 @@ impl std::fmt::Debug for ChatEngine {
     }
 }
 
+/// A whole generation, collected.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completion {
+    /// The text.
+    pub text: String,
+    /// `stop` or `length`.
+    pub finish_reason: &'static str,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+}
+
+/// Reads a generation's deltas to the end.
+pub async fn collect(mut rx: tmpsc::UnboundedReceiver<Delta>) -> Result<Completion> {
+    let mut text = String::new();
+    while let Some(d) = rx.recv().await {
+        match d {
+            Delta::Text(t) => text.push_str(&t),
+            Delta::Finish {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                return Ok(Completion {
+                    text,
+                    finish_reason: reason,
+                    prompt_tokens,
+                    completion_tokens,
+                })
+            }
+            Delta::Error(e) => return Err(Error::Stream(e)),
+        }
+    }
+    Err(Error::Stream("the chat worker stopped".into()))
+}
+
 /// A chat message for the template.
 #[derive(Clone, Debug, Serialize)]
 pub struct Message {

@@ -252,35 +252,21 @@ fn usage_json(prompt: usize, completion: usize) -> Value {
 
 async fn chat_json(c: &ChatEngine, body: &Value) -> Result<Value> {
     let (prompt, params, _) = chat_request(c, body)?;
-    let mut rx = c.generate(prompt, params)?;
-    let mut text = String::new();
-    while let Some(d) = rx.recv().await {
-        match d {
-            Delta::Text(t) => text.push_str(&t),
-            Delta::Finish {
-                reason,
-                prompt_tokens,
-                completion_tokens,
-            } => {
-                return Ok(json!({
-                    "id": completion_id(),
-                    "object": "chat.completion",
-                    "created": now_secs(),
-                    "model": c.info().name,
-                    "system_fingerprint": format!("isnad-local-{}", c.info().name),
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": null},
-                        "logprobs": null,
-                        "finish_reason": reason,
-                    }],
-                    "usage": usage_json(prompt_tokens, completion_tokens),
-                }))
-            }
-            Delta::Error(e) => return Err(Error::Stream(e)),
-        }
-    }
-    Err(Error::Stream("the chat worker stopped".into()))
+    let done = chat::collect(c.generate(prompt, params)?).await?;
+    Ok(json!({
+        "id": completion_id(),
+        "object": "chat.completion",
+        "created": now_secs(),
+        "model": c.info().name,
+        "system_fingerprint": format!("isnad-local-{}", c.info().name),
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": done.text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": done.finish_reason,
+        }],
+        "usage": usage_json(done.prompt_tokens, done.completion_tokens),
+    }))
 }
 
 fn sse(v: &Value) -> Bytes {

@@ -9,11 +9,12 @@ Usage: embed_reference.py [--models-dir DIR] [--out tests/fixtures/embeddings_re
 """
 
 import argparse
-import hashlib
 import json
 import os
 
 import numpy as np
+
+from gguf_to_onnx import sha256  # same directory
 
 MAX_TOKENS = 256  # sentence-transformers max_seq_length of all-MiniLM-L6-v2
 
@@ -46,14 +47,6 @@ SENTENCES = [
     "اللغة العربية من أكثر اللغات انتشارا في العالم، ويتحدث بها أكثر من أربعمئة مليون إنسان في"
     " الوطن العربي وخارجه، وهي لغة القرآن الكريم ولغة الشعر والأدب منذ قرون طويلة.",
 ]
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load(models_dir):

@@ -434,7 +434,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
             kind: m.kind.clone(),
             files: m.hashes.clone(),
             source: m.source.clone(),
-            device: format!("{:?}", m.device).to_lowercase(),
+            device: m.device.as_str().into(),
             load_ms: m.load_ms,
         })?
         .actor("system");

@@ -100,6 +100,16 @@ pub enum ModelKind {
     Embedding,
 }
 
+impl ModelKind {
+    /// `chat` or `embedding`, as manifests and events name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embedding => "embedding",
+        }
+    }
+}
+
 /// `[[models]]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -248,14 +258,10 @@ impl Registry {
                 let dir = m.upstream_model.as_deref().unwrap_or(&m.id);
                 let (model, report) = LocalModel::load(local, dir)
                     .map_err(|e| Error::Invalid(format!("models[{i}]: {e}")))?;
-                let kind = match m.kind {
-                    ModelKind::Chat => "chat",
-                    ModelKind::Embedding => "embedding",
-                };
-                if model.kind() != kind {
+                if model.kind() != m.kind {
                     return Err(Error::Invalid(format!(
                         "models[{i}].kind: \"{dir}\" is a {} model",
-                        model.kind()
+                        model.kind().as_str()
                     )));
                 }
                 loaded.push(report);

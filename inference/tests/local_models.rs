@@ -141,12 +141,19 @@ async fn embeddings_match_python_onnxruntime_batched_and_unbatched() {
         .await
         .unwrap();
     assert_eq!(batched.truncated, 1);
+    let runs_before = e.model_runs();
     let concurrent = futures_util::future::join_all(
         texts
             .iter()
             .map(|t| e.embed(vec![EmbedInput::Text(t.clone())])),
     )
     .await;
+    let runs = e.model_runs() - runs_before;
+    assert!(
+        runs < texts.len() as u64,
+        "{} concurrent requests took {runs} model runs: they were not batched",
+        texts.len()
+    );
     for i in 0..texts.len() {
         let a = cosine(&batched.vectors[i], &single[i].vectors[0]);
         let b = cosine(
@@ -365,6 +372,11 @@ async fn the_tiny_model_decodes_batched_exactly_as_alone() {
     )
     .await;
     assert_eq!(together, alone, "batching changes no token");
+    assert!(
+        c.peak_batch() >= 2,
+        "concurrent requests were decoded together (peak batch {})",
+        c.peak_batch()
+    );
     let lengths = [48usize, 5, 30, 1, 17];
     let staggered = futures_util::future::join_all(
         prompts

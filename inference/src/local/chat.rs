@@ -103,7 +103,7 @@ struct Job {
 #[derive(Clone)]
 pub struct ChatEngine {
     tx: mpsc::SyncSender<Job>,
-    waiting: Arc<AtomicUsize>,
+    peak_batch: Arc<AtomicUsize>,
     tokenizer: Arc<Tokenizer>,
     template: Arc<minijinja::Environment<'static>>,
     info: ChatInfo,
@@ -229,7 +229,7 @@ impl ChatEngine {
             vocab_size,
             device,
         };
-        let waiting = Arc::new(AtomicUsize::new(0));
+        let peak_batch = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
             session,
             tokenizer: tokenizer.clone(),
@@ -238,7 +238,7 @@ impl ChatEngine {
             max_batch: cfg.max_batch.max(1),
             rows: Vec::new(),
             kv: Vec::new(),
-            waiting: waiting.clone(),
+            peak_batch: peak_batch.clone(),
         };
         let (tx, rx) = mpsc::sync_channel::<Job>(cfg.max_queue.max(1));
         std::thread::Builder::new()
@@ -247,7 +247,7 @@ impl ChatEngine {
             .map_err(|e| Error::Invalid(format!("cannot start the chat worker: {e}")))?;
         Ok(Self {
             tx,
-            waiting,
+            peak_batch,
             tokenizer,
             template: Arc::new(env),
             info,
@@ -261,9 +261,9 @@ impl ChatEngine {
         &self.info
     }
 
-    /// Requests waiting for a place in the batch.
-    pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+    /// The most sequences one decode step has run together so far.
+    pub fn peak_batch(&self) -> usize {
+        self.peak_batch.load(Ordering::Relaxed)
     }
 
     /// The prompt text the chat template makes of `messages`.
@@ -312,9 +312,7 @@ impl ChatEngine {
             )));
         }
         let (tx, rx) = tmpsc::unbounded_channel();
-        self.waiting.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.tx.try_send(Job { prompt, params, tx }) {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(match e {
                 mpsc::TrySendError::Full(_) => Error::Overloaded(format!(
                     "chat model {} has too many requests waiting",
@@ -347,6 +345,21 @@ struct Row {
     finished: bool,
 }
 
+impl Row {
+    /// Releases any text held back for a possible stop sequence, then ends the stream.
+    fn finish(&mut self, reason: &'static str) {
+        if let Some(rest) = self.text.flush() {
+            let _ = self.tx.send(Delta::Text(rest));
+        }
+        self.finished = true;
+        let _ = self.tx.send(Delta::Finish {
+            reason,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated.len(),
+        });
+    }
+}
+
 struct Worker {
     session: Session,
     tokenizer: Arc<Tokenizer>,
@@ -356,7 +369,7 @@ struct Worker {
     rows: Vec<Row>,
     /// `2 * layers` values (key, value per layer), `[rows, kv_heads, time, head_dim]`.
     kv: Vec<DynValue>,
-    waiting: Arc<AtomicUsize>,
+    peak_batch: Arc<AtomicUsize>,
 }
 
 type Named<'a> = Vec<(String, SessionInputValue<'a>)>;
@@ -379,26 +392,26 @@ impl Worker {
                 None
             };
             if let Some(job) = job {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
                 self.admit(job);
             }
             if !self.rows.is_empty() {
                 if let Err(e) = self.step() {
-                    tracing::error!(error = %e, "chat decode step failed");
-                    for row in &mut self.rows {
-                        let _ = row.tx.send(Delta::Error(e.to_string()));
-                        row.finished = true;
-                    }
+                    self.fail_all("decode step", &e);
                 }
             }
             if let Err(e) = self.reap() {
-                tracing::error!(error = %e, "chat cache re-layout failed");
-                for row in self.rows.drain(..) {
-                    let _ = row.tx.send(Delta::Error(e.to_string()));
-                }
-                self.kv.clear();
+                self.fail_all("cache re-layout", &e);
             }
         }
+    }
+
+    /// Ends every running sequence with `e` and drops the cache.
+    fn fail_all(&mut self, what: &str, e: &Error) {
+        tracing::error!(error = %e, "chat {what} failed");
+        for row in self.rows.drain(..) {
+            let _ = row.tx.send(Delta::Error(e.to_string()));
+        }
+        self.kv.clear();
     }
 
     fn empty_past(&self, rows: usize) -> Result<Vec<DynValue>> {
@@ -538,10 +551,7 @@ impl Worker {
             }
             Err(e) => {
                 let _ = row.tx.send(Delta::Error(e.to_string()));
-                for r in self.rows.drain(..) {
-                    let _ = r.tx.send(Delta::Error(e.to_string()));
-                }
-                self.kv.clear();
+                self.fail_all("cache merge", &e);
             }
         }
     }
@@ -549,6 +559,7 @@ impl Worker {
     /// One token for every running row.
     fn step(&mut self) -> Result<()> {
         let b = self.rows.len();
+        self.peak_batch.fetch_max(b, Ordering::Relaxed);
         let ids: Vec<i64> = self.rows.iter().map(|r| i64::from(r.next)).collect();
         let positions: Vec<i64> = self.rows.iter().map(|r| r.pos).collect();
         let mut mask = Vec::with_capacity(b * (self.rows[0].mask.len() + 1));
@@ -584,19 +595,8 @@ impl Worker {
             row.params.top_p,
             &mut row.rng,
         );
-        let finish = |row: &mut Row, reason: &'static str| {
-            row.finished = true;
-            let _ = row.tx.send(Delta::Finish {
-                reason,
-                prompt_tokens: row.prompt_tokens,
-                completion_tokens: row.generated.len(),
-            });
-        };
         if self.eos.contains(&token) {
-            if let Some(rest) = row.text.flush() {
-                let _ = row.tx.send(Delta::Text(rest));
-            }
-            finish(row, "stop");
+            row.finish("stop");
             return;
         }
         row.generated.push(token);
@@ -610,14 +610,13 @@ impl Worker {
             let _ = row.tx.send(Delta::Text(delta));
         }
         if stopped {
-            finish(row, "stop");
+            // The text was cut at the stop sequence: nothing held back is released.
+            row.text.clear_held();
+            row.finish("stop");
         } else if row.generated.len() >= row.max_new
             || row.pos as usize + 1 >= self.info.context_length
         {
-            if let Some(rest) = row.text.flush() {
-                let _ = row.tx.send(Delta::Text(rest));
-            }
-            finish(row, "length");
+            row.finish("length");
         }
     }
 
@@ -789,6 +788,11 @@ impl TextState {
         let delta = text[self.emitted..safe].to_owned();
         self.emitted = safe;
         (delta, false)
+    }
+
+    /// Forgets what was held back (the text ended at a stop sequence).
+    pub fn clear_held(&mut self) {
+        self.emitted = self.text.len();
     }
 
     /// What was held back, when generation ends for another reason than a stop sequence.

@@ -5,7 +5,10 @@
 //! each sub-batch pads little, runs them, and answers every request with its own vectors.
 
 use std::{
-    sync::mpsc::{self, RecvTimeoutError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, RecvTimeoutError},
+    },
     time::{Duration, Instant},
 };
 
@@ -62,6 +65,7 @@ pub struct EmbeddingEngine {
     tx: mpsc::SyncSender<Job>,
     tokenizer: std::sync::Arc<Tokenizer>,
     info: EmbedInfo,
+    runs: std::sync::Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddingEngine {
@@ -84,6 +88,7 @@ struct Worker {
     /// Vocabulary size with added tokens (the tokenizer computes it by copying its vocabulary,
     /// so it is asked once).
     vocab_size: u32,
+    runs: std::sync::Arc<AtomicU64>,
 }
 
 fn load_tokenizer(model: &VerifiedModel) -> Result<Tokenizer> {
@@ -133,6 +138,7 @@ impl EmbeddingEngine {
             max_tokens,
             device,
         };
+        let runs = std::sync::Arc::new(AtomicU64::new(0));
         let worker = Worker {
             session,
             cls_id: tokenizer.token_to_id("[CLS]"),
@@ -143,6 +149,7 @@ impl EmbeddingEngine {
             info: info.clone(),
             max_batch: cfg.embed_max_batch.max(1),
             max_wait: Duration::from_micros(cfg.embed_max_wait_us),
+            runs: runs.clone(),
         };
         let (tx, rx) = mpsc::sync_channel::<Job>(1024);
         std::thread::Builder::new()
@@ -153,7 +160,13 @@ impl EmbeddingEngine {
             tx,
             tokenizer,
             info,
+            runs,
         })
+    }
+
+    /// Model runs so far: fewer than the inputs embedded when requests were batched.
+    pub fn model_runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
     }
 
     /// The model's facts.
@@ -334,6 +347,7 @@ impl Worker {
     }
 
     fn forward(&mut self, batch: &[Prepared]) -> Result<Vec<Vec<f32>>> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
         let b = batch.len();
         let s = batch.iter().map(|p| p.ids.len()).max().unwrap_or(0);
         let mut ids = vec![0i64; b * s];

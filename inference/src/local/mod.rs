@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde_json::{json, Value};
 
-use crate::{Error, Result};
+use crate::{registry::ModelKind, Error, Result};
 use chat::{ChatEngine, Delta, GenParams, Message};
 use embed::{EmbedInput, EmbeddingEngine};
 use runtime::{Device, LocalConfig};
@@ -90,18 +90,10 @@ impl LocalModel {
     }
 
     /// `chat` or `embedding`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ModelKind {
         match self {
-            Self::Chat(_) => "chat",
-            Self::Embedding(_) => "embedding",
-        }
-    }
-
-    /// Context length (chat) or input limit (embeddings), in tokens.
-    pub fn context_length(&self) -> usize {
-        match self {
-            Self::Chat(c) => c.info().context_length,
-            Self::Embedding(e) => e.info().max_tokens,
+            Self::Chat(_) => ModelKind::Chat,
+            Self::Embedding(_) => ModelKind::Embedding,
         }
     }
 
@@ -136,12 +128,7 @@ fn now_secs() -> u64 {
 }
 
 fn completion_id() -> String {
-    format!("chatcmpl-{}", uuid_like())
-}
-
-fn uuid_like() -> String {
-    let n: u128 = rand::random();
-    format!("{n:032x}")
+    format!("chatcmpl-{}", uuid::Uuid::now_v7().simple())
 }
 
 /// The text of a message's `content`: a string, or the `text` parts of an array.

@@ -1,10 +1,15 @@
-//! Gateway overhead: the same open-loop load tool, in the same run, against the mock upstream
-//! directly and against isnad in front of that mock (journaling durably), for non-streaming and
-//! streaming chat at fixed offered rates; then the highest sustainable throughput (closed loop)
-//! and isnad's resident memory idle and under load.
+//! Gateway overhead: one open-loop load tool sends, interleaved in the same run, to the mock
+//! upstream directly and to isnad in front of that mock (journaling durably), for non-streaming
+//! and streaming chat at fixed offered rates; then the highest sustainable throughput (closed
+//! loop), isnad's CPU per request, and its resident memory idle and under load.
 //!
 //! Needs release binaries: `cargo build --release --bins && cargo bench -p isnad-benches --bench
 //! gateway_load`. Figures go to `benches/RESULTS.md`.
+//!
+//! Knobs (environment): `ISNAD_BENCH_SECS` per row; `ISNAD_BENCH_ONLY=closed` or `=json:1000`
+//! (one part only); `ISNAD_BENCH_CONNS` for the closed loop; `ISNAD_BENCH_HOLD_SECS` keeps isnad
+//! loaded after the run for a profiler; `ISNAD_BENCH_KEEP_DATA=DIR` keeps its journal there (entry
+//! timestamps give each step's delay).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -75,6 +80,17 @@ fn spawn(mut cmd: Command, prefix: &str) -> Proc {
     }
 }
 
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn rss_mb(pid: u32) -> f64 {
     status_mb(pid, "VmRSS:")
 }
@@ -114,24 +130,37 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Open loop: request i is due at start + i/rate; latency counts from when it was due.
-async fn open_loop(client: &reqwest::Client, url: &str, body: &str, rate: u64, secs: u64) -> Stats {
-    let n = rate * secs;
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
-    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// Open loop against two targets at once, `rate` requests/s each, interleaved: request i goes to
+/// target i % 2 and is due at start + i / (2 × rate). Both targets therefore see the same machine,
+/// load tool and moment, so their difference is what the gateway adds, not what the machine did
+/// between two runs. Latency counts from the moment a request is handed to the client; the due
+/// time only paces the sends (tokio's timer wakes up to 1 ms late, which would otherwise land
+/// in both figures as noise).
+async fn open_loop_pair(
+    client: &reqwest::Client,
+    targets: [(&str, &str); 2],
+    rate: u64,
+    secs: u64,
+) -> [Stats; 2] {
+    let n = 2 * rate * secs;
+    let lat: [Arc<Mutex<Vec<f64>>>; 2] = Default::default();
+    let errors: [Arc<std::sync::atomic::AtomicUsize>; 2] = Default::default();
     let start = Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+        let due = start + Duration::from_nanos(i * 1_000_000_000 / (2 * rate));
         tokio::time::sleep_until(due.into()).await;
+        let t = (i % 2) as usize;
+        let (url, body) = targets[t];
         let (client, url, body, lat, errors) = (
             client.clone(),
             url.to_owned(),
             body.to_owned(),
-            lat.clone(),
-            errors.clone(),
+            lat[t].clone(),
+            errors[t].clone(),
         );
         tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
             let ok = match client
                 .post(&url)
                 .bearer_auth(TOKEN)
@@ -144,7 +173,7 @@ async fn open_loop(client: &reqwest::Client, url: &str, body: &str, rate: u64, s
                 _ => false,
             };
             if ok {
-                lat.lock().await.push(due.elapsed().as_secs_f64() * 1000.0);
+                lat.lock().await.push(sent.elapsed().as_secs_f64() * 1000.0);
             } else {
                 errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -154,14 +183,20 @@ async fn open_loop(client: &reqwest::Client, url: &str, body: &str, rate: u64, s
         let _ = t.await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let mut v = lat.lock().await.clone();
-    v.sort_by(f64::total_cmp);
-    Stats {
-        p50_ms: pct(&v, 0.5),
-        p99_ms: pct(&v, 0.99),
-        achieved: v.len() as f64 / elapsed,
-        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
+    let mut out = Vec::new();
+    for t in 0..2 {
+        let mut v = lat[t].lock().await.clone();
+        v.sort_by(f64::total_cmp);
+        out.push(Stats {
+            p50_ms: pct(&v, 0.5),
+            p99_ms: pct(&v, 0.99),
+            achieved: v.len() as f64 / elapsed,
+            errors: errors[t].load(std::sync::atomic::Ordering::Relaxed),
+        });
     }
+    let gateway = out.pop().unwrap();
+    let direct = out.pop().unwrap();
+    [direct, gateway]
 }
 
 /// Closed loop with `conns` concurrent workers for `secs`: completed requests per second.
@@ -223,6 +258,10 @@ fn main() {
         "mock upstream listening on ",
     );
     let dir = tempfile::tempdir().unwrap();
+    if let Ok(keep) = std::env::var("ISNAD_BENCH_KEEP_DATA") {
+        // The journal stays behind for analysis (entry timestamps give each stage hop's delay).
+        println!("data directory kept: {keep}");
+    }
     let cfg = dir.path().join("isnad.toml");
     std::fs::write(
         &cfg,
@@ -241,7 +280,8 @@ fn main() {
                 cfg.to_str().unwrap(),
                 "serve",
                 "--data-dir",
-                dir.path().join("data").to_str().unwrap(),
+                &std::env::var("ISNAD_BENCH_KEEP_DATA")
+                    .unwrap_or_else(|_| dir.path().join("data").to_str().unwrap().to_owned()),
                 "--listen",
                 "127.0.0.1:0",
             ])
@@ -264,16 +304,27 @@ fn main() {
         let direct = format!("{}/v1/chat/completions", mock.base);
         let gateway = format!("{}/v1/chat/completions", isnad.base);
         // Warm both paths.
-        open_loop(&client, &direct, &direct_body(false), 200, 1).await;
-        open_loop(&client, &gateway, &body(false), 200, 1).await;
+        let (db, gb) = (direct_body(false), body(false));
+        open_loop_pair(&client, [(&direct, &db), (&gateway, &gb)], 200, 1).await;
 
         println!("| mode | offered req/s | direct p50 / p99 ms | via isnad p50 / p99 ms | added p50 / p99 ms | isnad achieved req/s | errors |");
         println!("|---|---|---|---|---|---|---|");
         let mut peak_rss = 0.0f64;
+        // `ISNAD_BENCH_ONLY=closed` skips the open-loop rows, `=json:1000` keeps one of them
+        // (for profiling and for repeating one figure).
+        let only = std::env::var("ISNAD_BENCH_ONLY").unwrap_or_default();
+        let keep = |stream: bool, rate: u64| {
+            only.is_empty()
+                || only == format!("{}:{rate}", if stream { "stream" } else { "json" })
+        };
         for stream in [false, true] {
             for rate in [500u64, 1000, 2000] {
-                let d = open_loop(&client, &direct, &direct_body(stream), rate, secs).await;
-                let g = open_loop(&client, &gateway, &body(stream), rate, secs).await;
+                if !keep(stream, rate) {
+                    continue;
+                }
+                let (db, gb) = (direct_body(stream), body(stream));
+                let [d, g] =
+                    open_loop_pair(&client, [(&direct, &db), (&gateway, &gb)], rate, secs).await;
                 peak_rss = peak_rss.max(rss_mb(isnad.child.id()));
                 println!(
                     "| {} | {rate} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} | {} |",
@@ -282,12 +333,24 @@ fn main() {
                 );
             }
         }
-        let (direct_max, de) = closed_loop(&client, &direct, &direct_body(false), 64, secs).await;
-        let (gw_max, ge) = closed_loop(&client, &gateway, &body(false), 64, secs).await;
+        if !only.is_empty() && only != "closed" {
+            return;
+        }
+        let conns: usize = std::env::var("ISNAD_BENCH_CONNS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
+        let (direct_max, de) = closed_loop(&client, &direct, &direct_body(false), conns, secs).await;
+        let cpu0 = cpu_secs(isnad.child.id());
+        let (gw_max, ge) = closed_loop(&client, &gateway, &body(false), conns, secs).await;
+        let cpu = cpu_secs(isnad.child.id()) - cpu0;
         peak_rss = peak_rss.max(rss_mb(isnad.child.id()));
         println!();
-        println!("closed loop, 64 concurrent, non-streaming: direct {direct_max:.0} req/s ({de} errors), via isnad {gw_max:.0} req/s ({ge} errors)");
+        println!("closed loop, {conns} concurrent, non-streaming: direct {direct_max:.0} req/s ({de} errors), via isnad {gw_max:.0} req/s ({ge} errors); isnad used {:.2} cores, {:.0} µs of CPU per request", cpu / secs as f64, cpu * 1e6 / (gw_max * secs as f64));
         let hwm = status_mb(isnad.child.id(), "VmHWM:");
+        if let Ok(wait) = std::env::var("ISNAD_BENCH_HOLD_SECS") {
+            // Keeps isnad up after the run so that a profiler can attach to a second closed loop.
+            println!("isnad pid {}", isnad.child.id());
+            let (again, _) = closed_loop(&client, &gateway, &body(false), conns, wait.parse().unwrap_or(5)).await;
+            println!("second closed loop via isnad: {again:.0} req/s");
+        }
         println!("isnad resident memory: idle {idle_rss:.1} MB, under load {peak_rss:.1} MB (highest at the end of a row), high-water mark {hwm:.1} MB");
     });
 }

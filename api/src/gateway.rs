@@ -15,7 +15,7 @@ use isnad_inference::{
     registry::{ModelKind, Registry},
     stages::{Endpoint, InferenceRequest, Item, AUTO_ROUTER},
 };
-use isnad_pipeline::Bus;
+use isnad_pipeline::{Attachment, Bus, RequestStage};
 use isnad_schemas::{NewEvent, RequestReceived, RequestRejected};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -34,6 +34,8 @@ pub struct Gateway {
     pub admin: Arc<AdminToken>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// The request path's policy stages (guardrail, router), in order.
+    pub stages: Arc<[Arc<dyn RequestStage>]>,
 }
 
 const ROLES: &[&str] = &[
@@ -377,14 +379,38 @@ async fn handle(
         bus: gw.bus.clone(),
         request_id: trace.request_id.clone(),
     };
-    let receipt = match gw.bus.publish(event, Some(Arc::new(request))).await {
-        Ok(r) => r,
+    let attachment: Attachment = Arc::new(request);
+    let entries = match gw
+        .bus
+        .publish_request(event, attachment.clone(), &gw.stages)
+        .await
+    {
+        Ok(entries) => entries,
+        Err(e @ isnad_pipeline::Error::Stage { .. }) => {
+            tracing::error!(request_id = %trace.request_id, error = %e, "a request-path stage failed");
+            return reject(&gw, &trace, endpoint, ApiError::Internal(e.to_string())).await;
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot journal a request");
             return ApiError::Unavailable.into_response();
         }
     };
-    trace.audit = Some(format!("{}:{}", receipt.seq, hex::encode(receipt.hash)));
+    if let Some(first) = entries.first() {
+        trace.audit = Some(format!("{}:{}", first.seq, hex::encode(first.hash)));
+    }
+    let dispatched = match entries.iter().find(|e| e.event.kind == "route.selected") {
+        Some(route) => isnad_inference::stages::dispatch(
+            gw.registry.clone(),
+            gw.bus.journal().clone(),
+            route.clone(),
+            attachment,
+        ),
+        None => Err("the router chose no model".to_owned()),
+    };
+    if let Err(e) = dispatched {
+        tracing::error!(request_id = %trace.request_id, error = %e, "request not dispatched");
+        return reject(&gw, &trace, endpoint, ApiError::Internal(e)).await;
+    }
 
     match rx.recv().await {
         Some(Item::Routed {

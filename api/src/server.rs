@@ -443,18 +443,16 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     }
     let admin = Arc::new(admin);
     let bus = isnad_pipeline::Bus::new(journal.clone());
-    let mut runner = isnad_pipeline::Runner::new(bus.clone());
-    runner.spawn(isnad_inference::stages::PassThroughGuardrail)?;
-    runner.spawn(isnad_inference::stages::Router::new(registry.clone()))?;
-    runner.spawn(isnad_inference::stages::Inference::new(
-        registry.clone(),
-        journal.clone(),
-    ))?;
+    let stages: Vec<Arc<dyn isnad_pipeline::RequestStage>> = vec![
+        Arc::new(isnad_inference::stages::PassThroughGuardrail),
+        Arc::new(isnad_inference::stages::Router::new(registry.clone())),
+    ];
     let gateway = Gateway {
         bus,
         registry,
         admin: admin.clone(),
         max_body_bytes: config.server.max_body_bytes,
+        stages: stages.into(),
     };
     let metrics = Arc::new(Metrics::default());
     let follower = metrics.follow(&journal);
@@ -490,7 +488,6 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         }
     }
     tracing::info!("shutting down: checkpointing the journal");
-    runner.stop();
     follower.abort();
     journal.shutdown().await?;
     Ok(())

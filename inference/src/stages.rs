@@ -1,20 +1,22 @@
 //! The request path's routing and inference stages.
 //!
 //! ```text
-//! request.received ─► guardrail ─► guardrail.evaluated ─► router ─► route.selected ─► inference
-//!                                                                        │
-//!        completion.finished / model.fallback / request.rejected ◄──────┘
+//! handler: request.received ─► guardrail ─► guardrail.evaluated ─► router ─► route.selected
+//!          (one atomic group, evaluated in the request's task)                    │
+//!                                                                  dispatch ◄─────┘
+//!        completion.finished / model.fallback / request.rejected ◄── (own task)
 //! ```
 //!
 //! The request itself (body, response channel) rides along as an in-RAM [`InferenceRequest`]
-//! attachment; events carry only hashes and counts. The inference stage returns at once and
-//! serves each request in its own task, so one slow upstream never holds up the others.
+//! attachment; events carry only hashes and counts. [`dispatch`] serves each request in its own
+//! task, so one slow upstream never holds up the others and a client that goes away does not
+//! stop the outcome from being journaled.
 
 use std::{sync::Arc, time::Instant};
 
 use futures_util::StreamExt as _;
 use isnad_journal::{Entry, Journal};
-use isnad_pipeline::{Attachment, Stage};
+use isnad_pipeline::{Attachment, RequestStage};
 use isnad_schemas::{
     CompletionFinished, GuardrailEvaluated, ModelFallback, NewEvent, RequestRejected, RouteSelected,
 };
@@ -111,19 +113,16 @@ fn sha256_tag(data: &[u8]) -> String {
 /// request was looked at and lets it through.
 pub struct PassThroughGuardrail;
 
-impl Stage for PassThroughGuardrail {
+impl RequestStage for PassThroughGuardrail {
     fn name(&self) -> &str {
         "guardrail"
     }
 
-    fn wants(&self, e: &Entry) -> bool {
-        e.event.kind == "request.received"
-    }
-
-    async fn handle(
-        &mut self,
-        _e: Arc<Entry>,
-        _a: Option<Attachment>,
+    fn evaluate(
+        &self,
+        _request: &NewEvent,
+        _earlier: &[NewEvent],
+        _attachment: &Attachment,
     ) -> Result<Vec<NewEvent>, String> {
         let ev = GuardrailEvaluated {
             action: "allow".into(),
@@ -149,32 +148,25 @@ impl Router {
 /// The model id that means "let isnad choose".
 pub const AUTO_ROUTER: &str = "auto-router";
 
-impl Stage for Router {
+impl RequestStage for Router {
     fn name(&self) -> &str {
         "router"
     }
 
-    fn wants(&self, e: &Entry) -> bool {
-        e.event.kind == "guardrail.evaluated"
-    }
-
-    async fn handle(
-        &mut self,
-        _e: Arc<Entry>,
-        a: Option<Attachment>,
+    fn evaluate(
+        &self,
+        _request: &NewEvent,
+        _earlier: &[NewEvent],
+        attachment: &Attachment,
     ) -> Result<Vec<NewEvent>, String> {
-        // Replayed after a restart: the request died with the process; nothing to route.
-        let Some(req) = request_of(a.as_ref()) else {
-            return Ok(vec![]);
-        };
+        let req = request_of(Some(attachment)).ok_or("not an inference request")?;
         let (model, policy) = if req.requested_model == AUTO_ROUTER {
             (self.registry.default_chat(), "default")
         } else {
             (self.registry.get(&req.requested_model), "requested")
         };
-        let Some(model) = model else {
-            return Ok(vec![]); // the handler checked the model exists; config cannot change underneath
-        };
+        // The handler checked that the model exists, and the registry does not change underneath.
+        let model = model.ok_or_else(|| format!("no model {}", req.requested_model))?;
         let ev = RouteSelected {
             requested_model: req.requested_model.clone(),
             model: model.config.id.clone(),
@@ -186,49 +178,25 @@ impl Stage for Router {
     }
 }
 
-/// Calls the chosen model (and its fallbacks) and streams the answer back to the handler.
-pub struct Inference {
+/// Serves a routed request in a task of its own: calls the chosen model (and its fallbacks in
+/// turn), streams the answer back to the handler and journals the outcome. `route` is the
+/// request's `route.selected` entry.
+pub fn dispatch(
     registry: Arc<Registry>,
     journal: Journal,
-}
-
-impl Inference {
-    /// An inference stage appending its outcome events to `journal`.
-    pub fn new(registry: Arc<Registry>, journal: Journal) -> Self {
-        Self { registry, journal }
+    route: Arc<Entry>,
+    attachment: Attachment,
+) -> Result<(), String> {
+    let payload: RouteSelected = route.event.payload_as().map_err(|e| e.to_string())?;
+    if request_of(Some(&attachment)).is_none() {
+        return Err("not an inference request".into());
     }
-}
-
-impl Stage for Inference {
-    fn name(&self) -> &str {
-        "inference"
-    }
-
-    fn wants(&self, e: &Entry) -> bool {
-        e.event.kind == "route.selected"
-    }
-
-    async fn handle(
-        &mut self,
-        e: Arc<Entry>,
-        a: Option<Attachment>,
-    ) -> Result<Vec<NewEvent>, String> {
-        let Some(attachment) = a else {
-            return Ok(vec![]);
-        };
-        if request_of(Some(&attachment)).is_none() {
-            return Ok(vec![]);
+    tokio::spawn(async move {
+        if let Some(req) = request_of(Some(&attachment)) {
+            serve(registry, journal, route, payload, req).await;
         }
-        let route: RouteSelected = e.event.payload_as().map_err(|e| e.to_string())?;
-        let registry = self.registry.clone();
-        let journal = self.journal.clone();
-        tokio::spawn(async move {
-            if let Some(req) = request_of(Some(&attachment)) {
-                serve(registry, journal, e, route, req).await;
-            }
-        });
-        Ok(vec![])
-    }
+    });
+    Ok(())
 }
 
 /// Outcome events get ids derived from the route event, so they are unique and stable.

@@ -10,8 +10,19 @@
 //!   after a crash re-emits the same ids and the journal's idempotency drops the repeats: each
 //!   input yields its outputs exactly once in the log.
 //!
+//! - [`RequestStage`]: a policy step on the request path (guardrail, router). It runs in the
+//!   request's own task, in order, and its events are appended together with the request's as
+//!   one group ([`Bus::publish_request`]).
+//!
 //! Stages see events as soon as they are sequenced (in memory). Stages whose effects leave the
 //! process (webhooks) ask for [`Watermark::Durable`] instead.
+//!
+//! Why two kinds: every hop through the journal between two tasks costs two thread wake-ups.
+//! Measured from entry timestamps at 1,000 requests/s, one such hop took 230 µs at the median
+//! and 700 µs at p99 on the 2-core bench machine, for a stage that did no work. The request
+//! path's policy steps need nothing but the request itself, so they run where the request
+//! already is; each still emits its own signed event, in the same order, and the group is
+//! atomic: after a crash no request is left journaled without its guardrail verdict and route.
 
 use std::{any::Any, collections::HashMap, future::Future, sync::Arc, time::Duration};
 
@@ -78,6 +89,23 @@ pub trait Stage: Send + 'static {
         entry: Arc<Entry>,
         attachment: Option<Attachment>,
     ) -> impl Future<Output = Result<Vec<NewEvent>, String>> + Send;
+}
+
+/// A policy step on the request path (guardrail, router): evaluated in the request's own task
+/// before anything is journaled, in the order given to [`Bus::publish_request`].
+pub trait RequestStage: Send + Sync + 'static {
+    /// Stable name; output event ids are derived from it.
+    fn name(&self) -> &str;
+
+    /// Evaluates `request` (with the events the stages before this one produced, and the
+    /// request's attachment) and returns the events to append after them. An error refuses
+    /// the request: nothing is appended.
+    fn evaluate(
+        &self,
+        request: &NewEvent,
+        earlier: &[NewEvent],
+        attachment: &Attachment,
+    ) -> Result<Vec<NewEvent>, String>;
 }
 
 struct Waiter {
@@ -197,6 +225,53 @@ impl Bus {
         }
         let mut receipts = self.journal.append_sequenced(vec![event]).await?;
         receipts.pop().ok_or(Error::Closed)
+    }
+
+    /// Publishes a request: keeps its attachment, runs the request-path `stages` in order, and
+    /// appends the request's event followed by every stage's events as one group (sequenced,
+    /// consecutive, all or none). Returns the appended entries in order, the request's first.
+    pub async fn publish_request(
+        &self,
+        event: NewEvent,
+        attachment: Attachment,
+        stages: &[Arc<dyn RequestStage>],
+    ) -> Result<Vec<Arc<Entry>>> {
+        let mut outputs = Vec::new();
+        for stage in stages {
+            let mine = stage
+                .evaluate(&event, &outputs, &attachment)
+                .map_err(|reason| Error::Stage {
+                    stage: stage.name().to_owned(),
+                    seq: self.journal.len(),
+                    reason,
+                })?;
+            let base = outputs.len();
+            outputs.extend(
+                mine.into_iter()
+                    .enumerate()
+                    .map(|(i, ev)| derive(stage.name(), &event, base + i, ev)),
+            );
+        }
+        let request_id = event.request_id.clone();
+        if let Some(rid) = request_id.as_deref() {
+            self.attach(rid, attachment);
+        }
+        let mut group = Vec::with_capacity(outputs.len() + 1);
+        group.push(event);
+        group.extend(outputs);
+        let receipts = match self.journal.append_sequenced(group).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(rid) = request_id.as_deref() {
+                    self.detach(rid);
+                }
+                return Err(e.into());
+            }
+        };
+        receipts
+            .iter()
+            .map(|r| self.journal.entry(r.seq)?.ok_or(Error::Closed))
+            .collect()
     }
 }
 
@@ -332,18 +407,60 @@ fn derive_ids(stage: &str, input: &Entry, outputs: Vec<NewEvent>) -> Vec<NewEven
 /// crash re-emits the same id and the journal drops the repeat), and the input's request id,
 /// team and actor where the output has none. Stages that append outside the runner (from a task
 /// of their own) use this too.
-pub fn derive_output(stage: &str, input: &Entry, index: usize, mut ev: NewEvent) -> NewEvent {
+pub fn derive_output(stage: &str, input: &Entry, index: usize, ev: NewEvent) -> NewEvent {
     let ms = u64::try_from(input.event.timestamp_us / 1000).unwrap_or(0);
-    let seed = format!("{stage}\u{0}{}\u{0}{index}", input.event.id);
+    let e = &input.event;
+    let from = Inherited {
+        request_id: e.request_id.as_deref(),
+        team: e.team.as_deref(),
+        actor: e.actor.as_deref(),
+    };
+    derive_with(stage, &e.id, ms, index, from, ev)
+}
+
+/// What an output takes from its input when it has none of its own.
+struct Inherited<'a> {
+    request_id: Option<&'a str>,
+    team: Option<&'a str>,
+    actor: Option<&'a str>,
+}
+
+/// [`derive_output`] for an input not yet sequenced: the time in the id is the input id's own.
+fn derive(stage: &str, input: &NewEvent, index: usize, ev: NewEvent) -> NewEvent {
+    let from = Inherited {
+        request_id: input.request_id.as_deref(),
+        team: input.team.as_deref(),
+        actor: input.actor.as_deref(),
+    };
+    derive_with(stage, &input.id, id_ms(&input.id), index, from, ev)
+}
+
+fn derive_with(
+    stage: &str,
+    input_id: &EventId,
+    ms: u64,
+    index: usize,
+    from: Inherited<'_>,
+    mut ev: NewEvent,
+) -> NewEvent {
+    let seed = format!("{stage}\u{0}{input_id}\u{0}{index}");
     ev.id = EventId::derived(ms, seed.as_bytes());
     if ev.request_id.is_none() {
-        ev.request_id = input.event.request_id.clone();
+        ev.request_id = from.request_id.map(str::to_owned);
     }
     if ev.team.is_none() {
-        ev.team = input.event.team.clone();
+        ev.team = from.team.map(str::to_owned);
     }
     if ev.actor.is_none() {
-        ev.actor = input.event.actor.clone();
+        ev.actor = from.actor.map(str::to_owned);
     }
     ev
+}
+
+/// The Unix time in milliseconds that a time-ordered (v7) id carries; 0 for other ids.
+fn id_ms(id: &EventId) -> u64 {
+    id.as_uuid().get_timestamp().map_or(0, |t| {
+        let (secs, nanos) = t.to_unix();
+        secs * 1000 + u64::from(nanos) / 1_000_000
+    })
 }

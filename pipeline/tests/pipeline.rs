@@ -1,13 +1,13 @@
 //! The pipeline end to end over a real journal: stages chained through the log, attachments that
-//! never reach the disk, correlation of concurrent requests, and resumption after a crash without
-//! duplicate outputs.
+//! never reach the disk, correlation of concurrent requests, resumption after a crash without
+//! duplicate outputs, and request-path stages whose events land with the request's as one group.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{sync::Arc, time::Duration};
 
 use isnad_journal::{Entry, Journal, Options};
-use isnad_pipeline::{Attachment, Bus, Runner, Stage};
+use isnad_pipeline::{Attachment, Bus, RequestStage, Runner, Stage};
 use isnad_schemas::{Finding, GuardrailEvaluated, NewEvent, RequestReceived, RouteSelected};
 
 const SECRET_PROMPT: &str = "my IBAN is SA03 8000 0000 6080 1016 7519 and nobody may store it";
@@ -274,5 +274,174 @@ async fn a_restarted_stage_resumes_from_its_cursor_without_duplicates() {
     );
     assert_eq!(journal.cursor("guardrail").unwrap(), journal.len());
     runner.stop();
+    journal.shutdown().await.unwrap();
+}
+
+/// The request-path twin of [`Guard`]: reads the prompt from the attachment.
+struct InlineGuard;
+impl RequestStage for InlineGuard {
+    fn name(&self) -> &str {
+        "guardrail"
+    }
+    fn evaluate(
+        &self,
+        _request: &NewEvent,
+        _earlier: &[NewEvent],
+        a: &Attachment,
+    ) -> Result<Vec<NewEvent>, String> {
+        let prompt = a.downcast_ref::<Prompt>().ok_or("no prompt attached")?;
+        if prompt.0.contains("refuse me") {
+            return Err("the guard cannot evaluate this request".into());
+        }
+        let sensitive = prompt.0.contains("IBAN");
+        Ok(vec![NewEvent::new(&GuardrailEvaluated {
+            action: if sensitive { "local_only" } else { "allow" }.into(),
+            findings: vec![],
+            policy: "default".into(),
+        })
+        .map_err(|e| e.to_string())?])
+    }
+}
+
+/// Routes on the verdict of the stage before it, which it gets as an earlier output.
+struct InlineRouter;
+impl RequestStage for InlineRouter {
+    fn name(&self) -> &str {
+        "router"
+    }
+    fn evaluate(
+        &self,
+        _request: &NewEvent,
+        earlier: &[NewEvent],
+        _a: &Attachment,
+    ) -> Result<Vec<NewEvent>, String> {
+        let verdict = earlier
+            .iter()
+            .find(|e| e.kind == "guardrail.evaluated")
+            .ok_or("no guardrail verdict before the router")?;
+        let g: GuardrailEvaluated = verdict.payload_as().map_err(|e| e.to_string())?;
+        let residency = if g.action == "allow" {
+            "external"
+        } else {
+            "local"
+        };
+        Ok(vec![NewEvent::new(&RouteSelected {
+            requested_model: "auto-router".into(),
+            model: format!("{residency}-model"),
+            provider: "test".into(),
+            residency: residency.into(),
+            policy: "default".into(),
+        })
+        .map_err(|e| e.to_string())?])
+    }
+}
+
+fn inline_stages() -> Vec<Arc<dyn RequestStage>> {
+    vec![Arc::new(InlineGuard), Arc::new(InlineRouter)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_stages_append_with_the_request_as_one_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open_dir(dir.path(), opts()).unwrap();
+    let bus = Bus::new(journal.clone());
+    let stages = inline_stages();
+
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (bus, stages) = (bus.clone(), stages.clone());
+        tasks.push(tokio::spawn(async move {
+            let prompt = if i % 2 == 0 {
+                SECRET_PROMPT.to_owned()
+            } else {
+                format!("hello {i}")
+            };
+            let entries = bus
+                .publish_request(
+                    request(&format!("req-{i}")),
+                    Arc::new(Prompt(prompt)),
+                    &stages,
+                )
+                .await
+                .unwrap();
+            (i, entries)
+        }));
+    }
+    for t in tasks {
+        let (i, entries) = t.await.unwrap();
+        let kinds: Vec<&str> = entries.iter().map(|e| e.event.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["request.received", "guardrail.evaluated", "route.selected"]
+        );
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(
+            seqs,
+            [seqs[0], seqs[0] + 1, seqs[0] + 2],
+            "a request's group is consecutive even with others appending at once"
+        );
+        let rid = format!("req-{i}");
+        for e in &entries[1..] {
+            assert_eq!(
+                e.event.request_id.as_deref(),
+                Some(rid.as_str()),
+                "outputs inherit the request id"
+            );
+            assert_eq!(
+                e.event.team.as_deref(),
+                Some("team-a"),
+                "outputs inherit the team"
+            );
+            assert_ne!(e.event.id, entries[0].event.id);
+        }
+        let route: RouteSelected = entries[2].event.payload_as().unwrap();
+        let expected = if i % 2 == 0 { "local" } else { "external" };
+        assert_eq!(
+            route.residency, expected,
+            "the router saw the guardrail's verdict"
+        );
+        // The entries returned are the journal's own, signed and chained.
+        for e in &entries {
+            assert_eq!(journal.entry(e.seq).unwrap().unwrap().hash, e.hash);
+        }
+        bus.detach(&rid);
+    }
+    assert_eq!(bus.attachments_in_flight(), 0);
+    journal.shutdown().await.unwrap();
+    drop((bus, journal));
+    assert!(
+        !grep_dir(dir.path(), b"SA03 8000"),
+        "part of the prompt reached the disk"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stage_that_fails_leaves_nothing_in_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open_dir(dir.path(), opts()).unwrap();
+    let bus = Bus::new(journal.clone());
+    let before = journal.len();
+    let err = bus
+        .publish_request(
+            request("req-x"),
+            Arc::new(Prompt("refuse me".into())),
+            &inline_stages(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, isnad_pipeline::Error::Stage { stage, .. } if stage == "guardrail"),
+        "{err}"
+    );
+    assert_eq!(
+        journal.len(),
+        before,
+        "neither the request nor any output was appended"
+    );
+    assert_eq!(
+        bus.attachments_in_flight(),
+        0,
+        "the refused request's attachment is not kept"
+    );
     journal.shutdown().await.unwrap();
 }

@@ -94,7 +94,25 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
 }
 
+/// `payload` decoded as `P` when `kind` and `version` are `P`'s.
+fn decode_payload<P: Payload>(kind: &str, version: u16, payload: &[u8]) -> Result<P> {
+    if kind != P::KIND || version != P::VERSION {
+        return Err(Error::Payload {
+            kind: kind.to_owned(),
+            version,
+            reason: format!("not a {} v{} payload", P::KIND, P::VERSION),
+        });
+    }
+    P::decode(payload)
+}
+
 impl NewEvent {
+    /// Decodes the payload as `P`, checking that kind and version match (a request-path stage
+    /// reads the outputs of the stages before it this way).
+    pub fn payload_as<P: Payload>(&self) -> Result<P> {
+        decode_payload(&self.kind, self.payload_version, &self.payload)
+    }
+
     /// A new event with a fresh id carrying `payload`.
     pub fn new<P: Payload>(payload: &P) -> Result<Self> {
         Ok(Self {
@@ -201,14 +219,7 @@ impl Event {
 
     /// Decodes the payload as `P`, checking that kind and version match.
     pub fn payload_as<P: Payload>(&self) -> Result<P> {
-        if self.kind != P::KIND || self.payload_version != P::VERSION {
-            return Err(Error::Payload {
-                kind: self.kind.clone(),
-                version: self.payload_version,
-                reason: format!("not a {} v{} payload", P::KIND, P::VERSION),
-            });
-        }
-        P::decode(&self.payload)
+        decode_payload(&self.kind, self.payload_version, &self.payload)
     }
 
     /// The human and API view of this event.

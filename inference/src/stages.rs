@@ -337,12 +337,11 @@ async fn serve(
     .await;
 }
 
+/// Appends a request's outcome durably (the journal flushes at once for it, with everything
+/// still pending before it), then tells the handler, which may answer at once.
 async fn finish(journal: &Journal, tx: &mpsc::Sender<Item>, ev: isnad_schemas::Result<NewEvent>) {
     let appended = match ev {
-        Ok(ev) => journal
-            .append_sequenced(vec![ev])
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(ev) => journal.append(vec![ev]).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match appended {

@@ -60,6 +60,10 @@ pub struct Options {
     pub cache_bytes: u64,
     /// Most events in one group commit.
     pub max_batch: usize,
+    /// Longest that entries appended without waiting for durability
+    /// ([`Journal::append_sequenced`]) stay unflushed, so that they share a flush with later
+    /// appends. Durable appends are flushed at once, together with whatever is pending.
+    pub flush_delay: Duration,
 }
 
 impl Default for Options {
@@ -71,6 +75,7 @@ impl Default for Options {
             ring_capacity: 4_096,
             max_batch: 8192,
             cache_bytes: 32 * 1024 * 1024,
+            flush_delay: Duration::from_millis(2),
         }
     }
 }
@@ -717,8 +722,24 @@ fn sequencer(
 ) {
     let mut fatal: Option<String> = None;
     let mut flushed_upto = st.next;
-    while let Ok(first) = rx.recv() {
-        let mut cmds = vec![first];
+    // Since when entries nobody waits on have been written but not flushed.
+    let mut unflushed_since: Option<Instant> = None;
+    loop {
+        let first = match unflushed_since {
+            Some(since) => {
+                let left = shared.opts.flush_delay.saturating_sub(since.elapsed());
+                match rx.recv_timeout(left) {
+                    Ok(c) => Some(c),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            None => match rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => break,
+            },
+        };
+        let mut cmds: Vec<Cmd> = first.into_iter().collect();
         let mut count = 0usize;
         while count < shared.opts.max_batch {
             match rx.try_recv() {
@@ -776,14 +797,23 @@ fn sequencer(
                 }
             }
         }
-        // Flush whenever something was written, waiters or not: sequenced-only appends must
-        // still become durable promptly.
-        if !waiters.is_empty() || st.next > flushed_upto {
-            flushed_upto = st.next;
-            let _ = ftx.send(FlushJob::Flush {
-                upto: st.next,
-                waiters,
-            });
+        // A batch that someone waits on is flushed at once. Entries appended without a waiter
+        // (sequenced-only) wait up to `flush_delay` to share a flush with what comes next: a
+        // flush in progress when an awaited entry arrives doubles that entry's wait, so flushes
+        // nobody needs yet are the ones to hold back.
+        if st.next > flushed_upto && unflushed_since.is_none() {
+            unflushed_since = Some(Instant::now());
+        }
+        let overdue = unflushed_since.is_some_and(|t| t.elapsed() >= shared.opts.flush_delay);
+        if !waiters.is_empty() || !control.is_empty() || overdue {
+            if st.next > flushed_upto || !waiters.is_empty() {
+                flushed_upto = st.next;
+                let _ = ftx.send(FlushJob::Flush {
+                    upto: st.next,
+                    waiters,
+                });
+            }
+            unflushed_since = None;
         }
         let stop = control
             .iter()

@@ -305,6 +305,37 @@ async fn explicit_ids_and_derived_ids(b: &dyn Backend) {
     j.shutdown().await.unwrap();
 }
 
+async fn sequenced_appends_become_durable_on_their_own_and_with_a_durable_one(b: &dyn Backend) {
+    // A long delay makes the two ways to durability tell apart: a durable append flushes what
+    // is pending at once; with nothing else coming, the delay alone does.
+    let j = open(
+        b,
+        Options {
+            flush_delay: Duration::from_millis(300),
+            ..opts()
+        },
+    );
+    let pending = j.append_sequenced(vec![ev(0), ev(1)]).await.unwrap();
+    let last = pending[1].seq;
+    let durable = j.append_one(ev(2)).await.unwrap();
+    assert!(
+        j.durable_len() > durable.seq && durable.seq > last,
+        "a durable append makes everything before it durable"
+    );
+    let alone = j.append_sequenced(vec![ev(3)]).await.unwrap()[0].seq;
+    tokio::time::timeout(Duration::from_secs(10), j.wait_durable(alone))
+        .await
+        .expect("a sequenced append with nothing after it still becomes durable")
+        .unwrap();
+    // And once the log is shut down, nothing sequenced is left behind.
+    let last = j.append_sequenced(vec![ev(4)]).await.unwrap()[0].seq;
+    j.shutdown().await.unwrap();
+    drop(j);
+    let reopened = open(b, opts());
+    assert_eq!(reopened.len(), last + 1);
+    reopened.shutdown().await.unwrap();
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -329,6 +360,7 @@ macro_rules! suite {
             case!(appends_after_shutdown_fail);
             case!(submitted_cursors_follow_their_appends);
             case!(explicit_ids_and_derived_ids);
+            case!(sequenced_appends_become_durable_on_their_own_and_with_a_durable_one);
         }
     };
 }

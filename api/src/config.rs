@@ -92,7 +92,7 @@ impl Default for JournalConfig {
             origin: None,
             checkpoint_every: 1024,
             checkpoint_interval_ms: 1000,
-            cache_mb: 32,
+            cache_mb: 24,
         }
     }
 }

@@ -68,20 +68,25 @@ impl Stage for Router {
         _a: Option<Attachment>,
     ) -> Result<Vec<NewEvent>, String> {
         let g: GuardrailEvaluated = e.event.payload_as().map_err(|e| e.to_string())?;
-        let residency = if g.action == "allow" {
-            "external"
-        } else {
-            "local"
-        };
-        Ok(vec![NewEvent::new(&RouteSelected {
-            requested_model: "auto-router".into(),
-            model: format!("{residency}-model"),
-            provider: "test".into(),
-            residency: residency.into(),
-            policy: "default".into(),
-        })
-        .map_err(|e| e.to_string())?])
+        route_for(&g)
     }
+}
+
+/// Both routers' rule: anything the guardrail did not simply allow stays on a local model.
+fn route_for(g: &GuardrailEvaluated) -> Result<Vec<NewEvent>, String> {
+    let residency = if g.action == "allow" {
+        "external"
+    } else {
+        "local"
+    };
+    Ok(vec![NewEvent::new(&RouteSelected {
+        requested_model: "auto-router".into(),
+        model: format!("{residency}-model"),
+        provider: "test".into(),
+        residency: residency.into(),
+        policy: "default".into(),
+    })
+    .map_err(|e| e.to_string())?])
 }
 
 fn request(rid: &str) -> NewEvent {
@@ -320,19 +325,7 @@ impl RequestStage for InlineRouter {
             .find(|e| e.kind == "guardrail.evaluated")
             .ok_or("no guardrail verdict before the router")?;
         let g: GuardrailEvaluated = verdict.payload_as().map_err(|e| e.to_string())?;
-        let residency = if g.action == "allow" {
-            "external"
-        } else {
-            "local"
-        };
-        Ok(vec![NewEvent::new(&RouteSelected {
-            requested_model: "auto-router".into(),
-            model: format!("{residency}-model"),
-            provider: "test".into(),
-            residency: residency.into(),
-            policy: "default".into(),
-        })
-        .map_err(|e| e.to_string())?])
+        route_for(&g)
     }
 }
 

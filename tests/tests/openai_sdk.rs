@@ -170,10 +170,8 @@ fn the_official_openai_sdk_works_against_isnad() {
         .split(' ')
         .next()
         .unwrap();
-    let kinds: Vec<String> = logs(&server.base, &format!("request_id={rid}"))
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect();
+    let path = logs(&server.base, &format!("request_id={rid}"));
+    let kinds: Vec<&str> = path.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
         [
@@ -182,6 +180,12 @@ fn the_official_openai_sdk_works_against_isnad() {
             "route.selected",
             "completion.finished"
         ]
+    );
+    let seqs: Vec<u64> = path.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        [seqs[1], seqs[2]],
+        [seqs[0] + 1, seqs[0] + 2],
+        "the request, its guardrail verdict and its route are one consecutive group"
     );
     let done = logs(
         &server.base,

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! While the flusher waits on the disk, the sequencer already seals the next batch, so the two
-//! overlap and a batch is whatever arrived during the previous flush.
+//! overlap and a batch is whatever arrived during the previous flush. A batch with a durable
+//! append in it is handed to the flusher at once; sequenced-only appends wait up to
+//! [`Options::flush_delay`] to share a flush with whatever comes next.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -330,7 +332,8 @@ impl Journal {
     }
 
     /// Appends events and resolves once they are sequenced (visible to subscribers), before they
-    /// are durable. Pair with [`Journal::wait_durable`] before acknowledging anything outside.
+    /// are durable. Pair with [`Journal::wait_durable`] before acknowledging anything outside;
+    /// they become durable with the next durable append, or within [`Options::flush_delay`].
     pub async fn append_sequenced(&self, events: Vec<NewEvent>) -> Result<Vec<Receipt>> {
         self.append_with(events, false).await
     }

@@ -386,7 +386,7 @@ async fn handle(
         .await
     {
         Ok(entries) => entries,
-        Err(e @ isnad_pipeline::Error::Stage { .. }) => {
+        Err(e @ isnad_pipeline::Error::RequestStage { .. }) => {
             tracing::error!(request_id = %trace.request_id, error = %e, "a request-path stage failed");
             return reject(&gw, &trace, endpoint, ApiError::Internal(e.to_string())).await;
         }

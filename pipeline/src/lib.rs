@@ -51,6 +51,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A request-path stage could not evaluate a request (nothing was appended).
+    #[error("request stage {stage} failed: {reason}")]
+    RequestStage {
+        /// Stage name.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
     /// Waiting for a correlated event timed out.
     #[error("no {kinds:?} event for request {request_id} within {timeout:?}")]
     Timeout {
@@ -240,16 +248,14 @@ impl Bus {
         for stage in stages {
             let mine = stage
                 .evaluate(&event, &outputs, &attachment)
-                .map_err(|reason| Error::Stage {
+                .map_err(|reason| Error::RequestStage {
                     stage: stage.name().to_owned(),
-                    seq: self.journal.len(),
                     reason,
                 })?;
-            let base = outputs.len();
             outputs.extend(
                 mine.into_iter()
                     .enumerate()
-                    .map(|(i, ev)| derive(stage.name(), &event, base + i, ev)),
+                    .map(|(i, ev)| derive(stage.name(), &event, i, ev)),
             );
         }
         let request_id = event.request_id.clone();

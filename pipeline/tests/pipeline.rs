@@ -423,7 +423,7 @@ async fn a_request_stage_that_fails_leaves_nothing_in_the_journal() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, isnad_pipeline::Error::Stage { stage, .. } if stage == "guardrail"),
+        matches!(&err, isnad_pipeline::Error::RequestStage { stage, .. } if stage == "guardrail"),
         "{err}"
     );
     assert_eq!(

@@ -6,14 +6,9 @@ import sys
 
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
+from checks import check
+
 BASE, TOKEN = sys.argv[1], sys.argv[2]
-
-
-def check(name, cond, detail=""):
-    if not cond:
-        print(f"FAIL {name}: {detail}")
-        sys.exit(1)
-    print(f"ok   {name}")
 
 
 llm = ChatOpenAI(model="small", base_url=f"{BASE}/v1", api_key=TOKEN, max_retries=0, timeout=20)

@@ -9,14 +9,9 @@ from llama_index.core.llms import ChatMessage
 from llama_index.embeddings.openai_like import OpenAILikeEmbedding
 from llama_index.llms.openai_like import OpenAILike
 
+from checks import check
+
 BASE, TOKEN = sys.argv[1], sys.argv[2]
-
-
-def check(name, cond, detail=""):
-    if not cond:
-        print(f"FAIL {name}: {detail}")
-        sys.exit(1)
-    print(f"ok   {name}")
 
 
 llm = OpenAILike(model="small", api_base=f"{BASE}/v1", api_key=TOKEN, is_chat_model=True,

@@ -7,15 +7,10 @@ import sys
 
 import openai
 
+from checks import check
+
 BASE, TOKEN = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(api_key=TOKEN, base_url=f"{BASE}/v1", max_retries=0, timeout=120)
-
-
-def check(name, cond, detail=""):
-    if not cond:
-        print(f"FAIL {name}: {detail}")
-        sys.exit(1)
-    print(f"ok   {name}")
 
 
 ids = {m.id for m in client.models.list().data}

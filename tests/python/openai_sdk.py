@@ -8,19 +8,12 @@ import sys
 
 import openai
 
+import checks
+from checks import check
+
 BASE, TOKEN = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(api_key=TOKEN, base_url=f"{BASE}/v1", max_retries=0, timeout=20)
 request_ids = []
-passed = 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if not cond:
-        print(f"FAIL {name}: {detail}")
-        sys.exit(1)
-    passed += 1
-    print(f"ok   {name}")
 
 
 def expect_error(name, exc_type, status, fn):
@@ -125,4 +118,4 @@ except openai.APIError as e:
     check("hung stream raises", "timed out" in str(e), str(e))
 
 print(f"REQUEST_IDS {' '.join(request_ids)}")
-print(f"{passed} passed, 0 failed")
+print(f"{checks.passed} passed, 0 failed")

@@ -82,11 +82,7 @@ fn main() {
     assert!(prompt.len() >= 50, "{}", prompt.len());
     let tail = prompt.split_off(prompt.len() - 50);
     let prompt = tail; // the last 50 tokens: the request and the assistant header
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = isnad_benches::driver_runtime().unwrap();
     rt.block_on(async {
         run(&c, prompt.clone(), 4, 0).await; // warm-up
         let mut ttft: Vec<f64> = Vec::new();

@@ -294,11 +294,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_mb(isnad.child.id());
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = isnad_benches::driver_runtime().unwrap();
     rt.block_on(async {
         let client = reqwest::Client::builder().pool_max_idle_per_host(4096).tcp_nodelay(true).build().unwrap();
         let direct = format!("{}/v1/chat/completions", mock.base);

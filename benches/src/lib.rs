@@ -132,3 +132,12 @@ impl CpuSample {
         (own, (busy - own).max(0.0))
     }
 }
+
+/// The runtime a benchmark's driver runs on: one worker thread, so that on the 2-core bench
+/// machine the driver leaves as much as it can to what it measures.
+pub fn driver_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}

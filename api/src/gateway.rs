@@ -16,7 +16,7 @@ use isnad_inference::{
     stages::{Endpoint, InferenceRequest, Item, AUTO_ROUTER},
 };
 use isnad_pipeline::{Attachment, Bus, RequestStage};
-use isnad_schemas::{NewEvent, RequestReceived, RequestRejected};
+use isnad_schemas::{NewEvent, Payload as _, RequestReceived, RequestRejected, RouteSelected};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -398,7 +398,7 @@ async fn handle(
     if let Some(first) = entries.first() {
         trace.audit = Some(format!("{}:{}", first.seq, hex::encode(first.hash)));
     }
-    let dispatched = match entries.iter().find(|e| e.event.kind == "route.selected") {
+    let dispatched = match entries.iter().find(|e| e.event.kind == RouteSelected::KIND) {
         Some(route) => isnad_inference::stages::dispatch(
             gw.registry.clone(),
             gw.bus.journal().clone(),

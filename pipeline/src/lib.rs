@@ -132,45 +132,55 @@ struct BusState {
 pub struct Bus {
     journal: Journal,
     state: Arc<Mutex<BusState>>,
-    correlator: Arc<JoinHandle<()>>,
+    correlator: Arc<std::sync::OnceLock<JoinHandle<()>>>,
 }
 
 impl Bus {
-    /// A bus over `journal`. Starts the correlator, which follows the log from its current end.
+    /// A bus over `journal`.
     pub fn new(journal: Journal) -> Self {
-        let state: Arc<Mutex<BusState>> = Arc::default();
-        let mut sub = journal.subscribe(journal.len(), Watermark::Sequenced);
-        let st = state.clone();
-        let correlator = tokio::spawn(async move {
-            while let Ok(entry) = sub.next().await {
-                let Some(rid) = entry.event.request_id.as_deref() else {
-                    continue;
-                };
-                let mut guard = st.lock();
-                let Some(waiters) = guard.waiters.get_mut(rid) else {
-                    continue;
-                };
-                let mut i = 0;
-                while i < waiters.len() {
-                    if waiters[i].kinds.iter().any(|k| *k == entry.event.kind) {
-                        let w = waiters.swap_remove(i);
-                        let _ = w.reply.send(entry.clone());
-                    } else {
-                        i += 1;
-                    }
-                }
-                if waiters.is_empty() {
-                    guard.waiters.remove(rid);
-                }
-            }
-            // Journal closed: dropping the waiters wakes everyone with `Closed`.
-            st.lock().waiters.clear();
-        });
         Self {
             journal,
-            state,
-            correlator: Arc::new(correlator),
+            state: Arc::default(),
+            correlator: Arc::default(),
         }
+    }
+
+    /// The correlator follows the log for [`Bus::wait_for`]. It starts with the first wait, so
+    /// a bus nobody waits on (the gateway's: its requests get their answers over their own
+    /// channel) does not wake up for every batch the journal sequences. Waits are registered
+    /// before the awaited event is published, so starting from the log's end then misses none.
+    fn start_correlator(&self) {
+        self.correlator.get_or_init(|| {
+            let mut sub = self
+                .journal
+                .subscribe(self.journal.len(), Watermark::Sequenced);
+            let st = self.state.clone();
+            tokio::spawn(async move {
+                while let Ok(entry) = sub.next().await {
+                    let Some(rid) = entry.event.request_id.as_deref() else {
+                        continue;
+                    };
+                    let mut guard = st.lock();
+                    let Some(waiters) = guard.waiters.get_mut(rid) else {
+                        continue;
+                    };
+                    let mut i = 0;
+                    while i < waiters.len() {
+                        if waiters[i].kinds.iter().any(|k| *k == entry.event.kind) {
+                            let w = waiters.swap_remove(i);
+                            let _ = w.reply.send(entry.clone());
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    if waiters.is_empty() {
+                        guard.waiters.remove(rid);
+                    }
+                }
+                // Journal closed: dropping the waiters wakes everyone with `Closed`.
+                st.lock().waiters.clear();
+            })
+        });
     }
 
     /// The journal beneath.
@@ -204,6 +214,7 @@ impl Bus {
     /// Registers interest in the first event of one of `kinds` for `request_id`. Register before
     /// publishing the request so that the answer cannot be missed.
     pub fn wait_for(&self, request_id: &str, kinds: &[&str]) -> Pending {
+        self.start_correlator();
         let (reply, rx) = oneshot::channel();
         self.state
             .lock()
@@ -284,7 +295,9 @@ impl Bus {
 impl Drop for Bus {
     fn drop(&mut self) {
         if Arc::strong_count(&self.correlator) == 1 {
-            self.correlator.abort();
+            if let Some(task) = self.correlator.get() {
+                task.abort();
+            }
         }
     }
 }

@@ -1,7 +1,14 @@
-//! The bootstrap admin token: from configuration or `ISNAD_ADMIN_KEY`, else generated on first
-//! start and printed once. Only its SHA-256 is kept (in `admin.sha256`, mode 0600).
+//! Credentials: the bootstrap admin token (from configuration or `ISNAD_ADMIN_KEY`, else
+//! generated on first start and printed once; only its SHA-256 is kept, in `admin.sha256`, mode
+//! 0600) and the API keys of `[[keys]]`, each known only by its SHA-256, with a role and a scope.
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use isnad_inference::{
+    registry::{Registry, Residency},
+    stages::{Scope, AUTO_ROUTER},
+};
+use serde::{Deserialize, Serialize};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use rand::RngCore as _;
@@ -65,6 +72,137 @@ impl AdminToken {
     }
 }
 
+/// What a key may do (the roles of DESIGN.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Its own team's keys and policy, and inference.
+    Operator,
+    /// Inference, RAG and uploads.
+    #[default]
+    Member,
+    /// The journal and its proofs; no inference.
+    Auditor,
+}
+
+impl Role {
+    /// `admin`, `operator`, `member` or `auditor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Operator => "operator",
+            Self::Member => "member",
+            Self::Auditor => "auditor",
+        }
+    }
+
+    /// Whether the role may call models (chat, embeddings).
+    pub fn may_infer(self) -> bool {
+        self != Self::Auditor
+    }
+
+    /// Whether the role may read the activity journal and its proofs.
+    pub fn may_audit(self) -> bool {
+        matches!(self, Self::Admin | Self::Auditor)
+    }
+}
+
+/// `[[keys]]`: an API key known by its SHA-256 (the key itself is never in the file).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Who uses the key; journaled as the actor of its requests.
+    pub name: String,
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// Role.
+    #[serde(default)]
+    pub role: Role,
+    /// Model ids the key may use (default: all).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// `local`: the key's data never leaves the boundary; external models are routed around or
+    /// refused with 451.
+    #[serde(default)]
+    pub residency: Option<Residency>,
+}
+
+/// Who a request comes from, once its key is checked.
+#[derive(Debug)]
+pub struct Principal {
+    /// Actor name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Models and residency it is held to.
+    pub scope: Scope,
+}
+
+/// Every credential the gateway accepts.
+pub struct Credentials {
+    admin: AdminToken,
+    admin_principal: Arc<Principal>,
+    keys: HashMap<[u8; 32], Arc<Principal>>,
+}
+
+impl Credentials {
+    /// The admin token and the configured keys, checked against the models in `registry`.
+    /// Errors name the key's path (`keys[i].field`).
+    pub fn new(admin: AdminToken, keys: &[KeyConfig], registry: &Registry) -> Result<Self, String> {
+        let mut by_hash = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            let at = |field: &str| format!("keys[{i}].{field}");
+            if k.name.is_empty() || ["admin", "system"].contains(&k.name.as_str()) {
+                return Err(format!("{}: `{}` is empty or reserved", at("name"), k.name));
+            }
+            let hash = hex::decode(k.sha256.trim())
+                .ok()
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .ok_or_else(|| format!("{}: not a hex SHA-256 (64 hex digits)", at("sha256")))?;
+            if hash == admin.hash {
+                return Err(format!("{}: this is the admin token's hash", at("sha256")));
+            }
+            for (j, m) in k.models.iter().flatten().enumerate() {
+                if m != AUTO_ROUTER && registry.get(m).is_none() {
+                    return Err(format!("{}: no model `{m}`", at(&format!("models[{j}]"))));
+                }
+            }
+            let principal = Principal {
+                name: k.name.clone(),
+                role: k.role,
+                scope: Scope {
+                    models: k.models.as_ref().map(|ms| ms.clone().into()),
+                    local_only: k.residency == Some(Residency::Local),
+                },
+            };
+            if by_hash.insert(hash, Arc::new(principal)).is_some() {
+                return Err(format!("{}: another key has the same hash", at("sha256")));
+            }
+        }
+        Ok(Self {
+            admin,
+            admin_principal: Arc::new(Principal {
+                name: "admin".into(),
+                role: Role::Admin,
+                scope: Scope::default(),
+            }),
+            keys: by_hash,
+        })
+    }
+
+    /// The principal of a request's `Authorization: Bearer` key, if it is one of ours.
+    pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Option<Arc<Principal>> {
+        let token = bearer(headers)?;
+        if self.admin.matches(token) {
+            return Some(self.admin_principal.clone());
+        }
+        // A lookup by SHA-256: timing reveals nothing usable about the key itself.
+        self.keys.get(&sha256(token.as_bytes())).cloned()
+    }
+}
+
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut opts = std::fs::OpenOptions::new();
@@ -92,5 +230,75 @@ mod tests {
         assert!(!a.matches("wrong"));
         let c = AdminToken::resolve(Some("s3cret"), dir.path()).unwrap();
         assert!(c.matches("s3cret"));
+    }
+
+    fn key(name: &str, secret: &str) -> KeyConfig {
+        KeyConfig {
+            name: name.into(),
+            sha256: hex::encode(sha256(secret.as_bytes())),
+            role: Role::Auditor,
+            models: None,
+            residency: Some(Residency::Local),
+        }
+    }
+
+    fn headers(token: &str) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn keys_authenticate_by_hash_and_carry_role_and_scope() {
+        let registry = Registry::default();
+        let creds = Credentials::new(
+            AdminToken::from_token("root"),
+            &[key("audit-desk", "k1")],
+            &registry,
+        )
+        .unwrap();
+        let p = creds.authenticate(&headers("k1")).unwrap();
+        assert_eq!((p.name.as_str(), p.role), ("audit-desk", Role::Auditor));
+        assert!(p.scope.local_only && !p.role.may_infer() && p.role.may_audit());
+        assert_eq!(
+            creds.authenticate(&headers("root")).unwrap().role,
+            Role::Admin
+        );
+        assert!(creds.authenticate(&headers("k2")).is_none());
+        assert!(creds.authenticate(&axum::http::HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn bad_keys_are_refused_with_their_path() {
+        let registry = Registry::default();
+        let admin = || AdminToken::from_token("root");
+        let mut bad = key("a", "k1");
+        bad.sha256 = "xyz".into();
+        let e = Credentials::new(admin(), &[bad], &registry).err().unwrap();
+        assert!(e.contains("keys[0].sha256"), "{e}");
+        let e = Credentials::new(admin(), &[key("a", "k1"), key("b", "k1")], &registry)
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("keys[1].sha256") && e.contains("same hash"),
+            "{e}"
+        );
+        let mut unknown = key("a", "k1");
+        unknown.models = Some(vec!["nope".into()]);
+        let e = Credentials::new(admin(), &[unknown], &registry)
+            .err()
+            .unwrap();
+        assert!(e.contains("keys[0].models[0]") && e.contains("nope"), "{e}");
+        let e = Credentials::new(admin(), &[key("admin", "k1")], &registry)
+            .err()
+            .unwrap();
+        assert!(e.contains("keys[0].name"), "{e}");
+        let e = Credentials::new(admin(), &[key("x", "root")], &registry)
+            .err()
+            .unwrap();
+        assert!(e.contains("admin token"), "{e}");
     }
 }

@@ -26,6 +26,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// In-process models: where they are, threads, device, batching.
     pub local: isnad_inference::local::runtime::LocalConfig,
+    /// API keys besides the admin token (`[[keys]]`).
+    pub keys: Vec<crate::auth::KeyConfig>,
 }
 
 /// `[routing]`

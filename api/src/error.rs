@@ -22,6 +22,17 @@ pub enum ApiError {
     /// 401: missing or wrong credentials.
     #[error("invalid or missing API key")]
     Unauthorized,
+    /// 403: the credentials may not do this.
+    #[error("{message}")]
+    Forbidden {
+        /// Error code.
+        code: &'static str,
+        /// What is not allowed.
+        message: String,
+    },
+    /// 451: the request's data may not go where serving it would take it.
+    #[error("{0}")]
+    SovereigntyViolation(String),
     /// 404: no such thing.
     #[error("{0}")]
     NotFound(String),
@@ -66,11 +77,34 @@ impl ApiError {
         }
     }
 
+    /// A 403 for a role that may not call an endpoint.
+    pub fn role_forbidden(role: crate::auth::Role, what: &str) -> Self {
+        Self::Forbidden {
+            code: "permission_denied",
+            message: format!("the role `{}` may not {what}", role.as_str()),
+        }
+    }
+
+    /// The refusal a request-path stage journaled, as the client sees it.
+    pub fn from_refusal(r: &isnad_schemas::RequestRejected) -> Self {
+        use isnad_inference::stages::{MODEL_NOT_PERMITTED, SOVEREIGNTY_VIOLATION};
+        match (r.status, r.code.as_str()) {
+            (451, SOVEREIGNTY_VIOLATION) => Self::SovereigntyViolation(r.message.clone()),
+            (403, MODEL_NOT_PERMITTED) => Self::Forbidden {
+                code: MODEL_NOT_PERMITTED,
+                message: r.message.clone(),
+            },
+            _ => Self::Internal(format!("{} {}: {}", r.status, r.code, r.message)),
+        }
+    }
+
     /// HTTP status and machine-readable code, as journaled in `request.rejected`.
     pub fn status_and_code(&self) -> (u16, &'static str) {
         match self {
             Self::BadRequest { .. } => (400, "invalid_request"),
             Self::Unauthorized => (401, "invalid_api_key"),
+            Self::Forbidden { code, .. } => (403, code),
+            Self::SovereigntyViolation(_) => (451, isnad_inference::stages::SOVEREIGNTY_VIOLATION),
             Self::NotFound(_) => (404, "not_found"),
             Self::ModelNotFound(_) => (404, "model_not_found"),
             Self::Unprocessable { .. } => (422, "unsupported_parameter"),
@@ -121,6 +155,8 @@ impl IntoResponse for ApiError {
             | Self::PayloadTooLarge(_)
             | Self::Unprocessable { .. } => "invalid_request_error",
             Self::Unauthorized => "authentication_error",
+            Self::Forbidden { .. } => "permission_error",
+            Self::SovereigntyViolation(_) => "sovereignty_error",
             Self::Upstream { status: 429, .. } => "rate_limit_error",
             Self::Upstream { .. } | Self::Unavailable | Self::Internal(_) => "server_error",
         };

@@ -21,7 +21,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::{auth::AdminToken, error::ApiError, tls::ClientIdentity};
+use crate::{
+    auth::{Credentials, Principal},
+    error::ApiError,
+    tls::ClientIdentity,
+};
 
 /// What the gateway handlers share.
 #[derive(Clone)]
@@ -30,8 +34,8 @@ pub struct Gateway {
     pub bus: Bus,
     /// Models.
     pub registry: Arc<Registry>,
-    /// Admin token (until API keys and roles exist).
-    pub admin: Arc<AdminToken>,
+    /// The admin token and the configured API keys.
+    pub credentials: Arc<Credentials>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
     /// The request path's policy stages (guardrail, router), in order.
@@ -82,7 +86,13 @@ impl Trace {
 }
 
 /// Journals a refusal durably, then shapes it.
-async fn reject(gw: &Gateway, trace: &Trace, endpoint: Endpoint, err: ApiError) -> Response {
+async fn reject(
+    gw: &Gateway,
+    trace: &Trace,
+    actor: &str,
+    endpoint: Endpoint,
+    err: ApiError,
+) -> Response {
     let (status, code) = err.status_and_code();
     let ev = RequestRejected {
         endpoint: endpoint.path().into(),
@@ -95,7 +105,7 @@ async fn reject(gw: &Gateway, trace: &Trace, endpoint: Endpoint, err: ApiError) 
             if let Err(e) = gw
                 .bus
                 .journal()
-                .append_one(ev.request_id(&trace.request_id).actor("admin"))
+                .append_one(ev.request_id(&trace.request_id).actor(actor))
                 .await
             {
                 tracing::error!(error = %e, "cannot journal a refusal");
@@ -107,10 +117,6 @@ async fn reject(gw: &Gateway, trace: &Trace, endpoint: Endpoint, err: ApiError) 
     let mut resp = err.into_response();
     trace.apply(resp.headers_mut());
     resp
-}
-
-fn authorised(gw: &Gateway, headers: &HeaderMap) -> bool {
-    crate::auth::bearer(headers).is_some_and(|t| gw.admin.matches(t))
 }
 
 fn parse_body(gw: &Gateway, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
@@ -263,7 +269,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(gw, actor(identity), headers, body, Endpoint::Chat).await
+    handle(gw, identity, headers, body, Endpoint::Chat).await
 }
 
 /// `POST /v1/embeddings`
@@ -273,16 +279,17 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(gw, actor(identity), headers, body, Endpoint::Embeddings).await
+    handle(gw, identity, headers, body, Endpoint::Embeddings).await
 }
 
 /// The actor journaled for a request: the verified client certificate's identity under mTLS,
-/// else the admin key (the only key until access control lands).
-fn actor(identity: Option<Extension<ClientIdentity>>) -> String {
-    identity.map_or_else(
-        || "admin".to_owned(),
-        |Extension(ClientIdentity(id))| format!("cert:{id}"),
-    )
+/// else the name of its key (`anonymous` before its key is checked).
+fn actor(identity: Option<&Extension<ClientIdentity>>, principal: Option<&Principal>) -> String {
+    match (identity, principal) {
+        (Some(Extension(ClientIdentity(id))), _) => format!("cert:{id}"),
+        (None, Some(p)) => p.name.clone(),
+        (None, None) => "anonymous".to_owned(),
+    }
 }
 
 /// Detaches the request's attachment however the response ends (including a client that leaves).
@@ -299,7 +306,7 @@ impl Drop for Detach {
 
 async fn handle(
     gw: Gateway,
-    actor: String,
+    identity: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     endpoint: Endpoint,
@@ -312,8 +319,14 @@ async fn handle(
         route_policy: None,
         residency: None,
     };
-    if !authorised(&gw, &headers) {
-        return reject(&gw, &trace, endpoint, ApiError::Unauthorized).await;
+    let Some(principal) = gw.credentials.authenticate(&headers) else {
+        let actor = actor(identity.as_ref(), None);
+        return reject(&gw, &trace, &actor, endpoint, ApiError::Unauthorized).await;
+    };
+    let actor = actor(identity.as_ref(), Some(&principal));
+    if !principal.role.may_infer() {
+        let err = ApiError::role_forbidden(principal.role, "call models");
+        return reject(&gw, &trace, &actor, endpoint, err).await;
     }
     let v = match parse_body(&gw, body).and_then(|v| {
         match endpoint {
@@ -323,7 +336,7 @@ async fn handle(
         Ok(v)
     }) {
         Ok(v) => v,
-        Err(e) => return reject(&gw, &trace, endpoint, e).await,
+        Err(e) => return reject(&gw, &trace, &actor, endpoint, e).await,
     };
     let model = v["model"].as_str().unwrap_or_default().to_owned();
     let want = if endpoint == Endpoint::Chat {
@@ -339,10 +352,24 @@ async fn handle(
             .is_some_and(|m| m.config.kind == want)
     };
     if !known {
-        return reject(&gw, &trace, endpoint, ApiError::ModelNotFound(model)).await;
+        return reject(
+            &gw,
+            &trace,
+            &actor,
+            endpoint,
+            ApiError::ModelNotFound(model),
+        )
+        .await;
+    }
+    if !principal.scope.permits(&model) {
+        let err = ApiError::Forbidden {
+            code: isnad_inference::stages::MODEL_NOT_PERMITTED,
+            message: format!("these credentials may not use the model `{model}`"),
+        };
+        return reject(&gw, &trace, &actor, endpoint, err).await;
     }
     if let Err(e) = check_capabilities(&gw.registry, &model, &v) {
-        return reject(&gw, &trace, endpoint, e).await;
+        return reject(&gw, &trace, &actor, endpoint, e).await;
     }
     let stream = endpoint == Endpoint::Chat && v["stream"].as_bool().unwrap_or(false);
     let prompt = if endpoint == Endpoint::Chat {
@@ -363,6 +390,7 @@ async fn handle(
         stream,
         tx,
         started,
+        scope: principal.scope.clone(),
     };
     let received = RequestReceived {
         endpoint: endpoint.path().into(),
@@ -388,7 +416,8 @@ async fn handle(
         Ok(entries) => entries,
         Err(e @ isnad_pipeline::Error::RequestStage { .. }) => {
             tracing::error!(request_id = %trace.request_id, error = %e, "a request-path stage failed");
-            return reject(&gw, &trace, endpoint, ApiError::Internal(e.to_string())).await;
+            let err = ApiError::Internal(e.to_string());
+            return reject(&gw, &trace, &actor, endpoint, err).await;
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot journal a request");
@@ -397,6 +426,12 @@ async fn handle(
     };
     if let Some(first) = entries.first() {
         trace.audit = Some(format!("{}:{}", first.seq, hex::encode(first.hash)));
+    }
+    if let Some(refusal) = entries
+        .iter()
+        .find(|e| e.event.kind == RequestRejected::KIND)
+    {
+        return refused(&gw, &trace, refusal).await;
     }
     let dispatched = match entries.iter().find(|e| e.event.kind == RouteSelected::KIND) {
         Some(route) => isnad_inference::stages::dispatch(
@@ -409,7 +444,7 @@ async fn handle(
     };
     if let Err(e) = dispatched {
         tracing::error!(request_id = %trace.request_id, error = %e, "request not dispatched");
-        return reject(&gw, &trace, endpoint, ApiError::Internal(e)).await;
+        return reject(&gw, &trace, &actor, endpoint, ApiError::Internal(e)).await;
     }
 
     match rx.recv().await {
@@ -445,6 +480,21 @@ async fn handle(
     }
     drop(detach);
     let mut resp = Json(answer).into_response();
+    trace.apply(resp.headers_mut());
+    resp
+}
+
+/// A request-path stage refused the request (journaled in its group): wait for the refusal to
+/// be durable, then answer with it.
+async fn refused(gw: &Gateway, trace: &Trace, refusal: &isnad_journal::Entry) -> Response {
+    let err = match refusal.event.payload_as::<RequestRejected>() {
+        Ok(r) => ApiError::from_refusal(&r),
+        Err(e) => ApiError::Internal(e.to_string()),
+    };
+    if gw.bus.journal().wait_durable(refusal.seq).await.is_err() {
+        return ApiError::Unavailable.into_response();
+    }
+    let mut resp = err.into_response();
     trace.apply(resp.headers_mut());
     resp
 }
@@ -541,13 +591,15 @@ fn stream_response(
 
 /// `GET /v1/models`
 pub async fn models(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
-    if !authorised(&gw, &headers) {
+    let Some(principal) = gw.credentials.authenticate(&headers) else {
         return ApiError::Unauthorized.into_response();
-    }
+    };
+    // A key sees the models it may use.
     let mut data: Vec<Value> = gw
         .registry
         .all()
         .iter()
+        .filter(|m| principal.scope.permits(&m.config.id))
         .map(|m| {
             json!({
                 "id": m.config.id, "object": "model", "created": 0, "owned_by": m.provider_name,

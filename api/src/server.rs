@@ -23,7 +23,11 @@ use axum::serve::ListenerExt as _;
 use futures_util::StreamExt as _;
 
 use crate::{
-    auth::AdminToken, config::Config, error::ApiError, gateway::Gateway, metrics::Metrics,
+    auth::{AdminToken, Credentials},
+    config::Config,
+    error::ApiError,
+    gateway::Gateway,
+    metrics::Metrics,
 };
 
 /// Shared state of every handler.
@@ -31,8 +35,8 @@ use crate::{
 pub struct AppState {
     /// The journal.
     pub journal: Journal,
-    /// Hash of the admin token.
-    pub admin: Arc<AdminToken>,
+    /// The admin token and the configured API keys.
+    pub credentials: Arc<Credentials>,
     /// The OpenAI-compatible gateway.
     pub gateway: Gateway,
     /// Counters for `/metrics`.
@@ -64,7 +68,10 @@ pub fn app(state: AppState, config: &Config) -> Router {
         .route("/v1/activity/checkpoint", get(checkpoint))
         .route("/v1/activity/proof", get(proof))
         .route("/v1/activity/export", get(export))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_auditor,
+        ));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -123,15 +130,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn require_admin(
+/// The activity journal is for the `admin` and `auditor` roles.
+async fn require_auditor(
     State(state): State<AppState>,
     headers: HeaderMap,
     req: Request,
     next: Next,
 ) -> Response {
-    match crate::auth::bearer(&headers) {
-        Some(t) if state.admin.matches(t) => next.run(req).await,
-        _ => ApiError::Unauthorized.into_response(),
+    match state.credentials.authenticate(&headers) {
+        Some(p) if p.role.may_audit() => next.run(req).await,
+        Some(p) => ApiError::role_forbidden(p.role, "read the activity journal").into_response(),
+        None => ApiError::Unauthorized.into_response(),
     }
 }
 
@@ -420,6 +429,12 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     let registry = Arc::new(config.registry()?);
     let journal = Journal::open_dir(data_dir, config.journal.options())?;
     let admin = AdminToken::resolve(config.server.admin_token.as_deref(), data_dir)?;
+    let credentials = Arc::new(Credentials::new(admin, &config.keys, &registry).map_err(
+        |message| crate::config::ConfigError {
+            file: "configuration".into(),
+            message,
+        },
+    )?);
     let started = NewEvent::new(&NodeStarted {
         version: env!("CARGO_PKG_VERSION").into(),
         config_hash: config.hash(),
@@ -441,7 +456,6 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         journal.append_one(loaded).await?;
         tracing::info!(model = %m.name, device = ?m.device, load_ms = m.load_ms, "model loaded");
     }
-    let admin = Arc::new(admin);
     let bus = isnad_pipeline::Bus::new(journal.clone());
     let stages: Vec<Arc<dyn isnad_pipeline::RequestStage>> = vec![
         Arc::new(isnad_inference::stages::PassThroughGuardrail),
@@ -450,7 +464,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     let gateway = Gateway {
         bus,
         registry,
-        admin: admin.clone(),
+        credentials: credentials.clone(),
         max_body_bytes: config.server.max_body_bytes,
         stages: stages.into(),
     };
@@ -458,7 +472,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     let follower = metrics.follow(&journal);
     let state = AppState {
         journal: journal.clone(),
-        admin,
+        credentials,
         gateway,
         metrics,
         limit: Arc::new(tokio::sync::Semaphore::new(

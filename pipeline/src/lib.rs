@@ -27,7 +27,7 @@
 use std::{any::Any, collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use isnad_journal::{Entry, Journal, Watermark};
-use isnad_schemas::{EventId, NewEvent};
+use isnad_schemas::{EventId, NewEvent, Payload as _, RequestRejected};
 use parking_lot::Mutex;
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -249,6 +249,9 @@ impl Bus {
     /// Publishes a request: keeps its attachment, runs the request-path `stages` in order, and
     /// appends the request's event followed by every stage's events as one group (sequenced,
     /// consecutive, all or none). Returns the appended entries in order, the request's first.
+    ///
+    /// A stage that refuses the request emits `request.rejected`; the stages after it do not
+    /// run, and the refusal ends the group.
     pub async fn publish_request(
         &self,
         event: NewEvent,
@@ -263,11 +266,15 @@ impl Bus {
                     stage: stage.name().to_owned(),
                     reason,
                 })?;
+            let refused = mine.iter().any(|e| e.kind == RequestRejected::KIND);
             outputs.extend(
                 mine.into_iter()
                     .enumerate()
                     .map(|(i, ev)| derive(stage.name(), &event, i, ev)),
             );
+            if refused {
+                break;
+            }
         }
         let request_id = event.request_id.clone();
         if let Some(rid) = request_id.as_deref() {

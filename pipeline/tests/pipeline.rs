@@ -8,7 +8,9 @@ use std::{sync::Arc, time::Duration};
 
 use isnad_journal::{Entry, Journal, Options};
 use isnad_pipeline::{Attachment, Bus, RequestStage, Runner, Stage};
-use isnad_schemas::{Finding, GuardrailEvaluated, NewEvent, RequestReceived, RouteSelected};
+use isnad_schemas::{
+    Finding, GuardrailEvaluated, NewEvent, RequestReceived, RequestRejected, RouteSelected,
+};
 
 const SECRET_PROMPT: &str = "my IBAN is SA03 8000 0000 6080 1016 7519 and nobody may store it";
 
@@ -298,6 +300,15 @@ impl RequestStage for InlineGuard {
         if prompt.0.contains("refuse me") {
             return Err("the guard cannot evaluate this request".into());
         }
+        if prompt.0.contains("block me") {
+            return Ok(vec![NewEvent::new(&RequestRejected {
+                endpoint: "/v1/chat/completions".into(),
+                status: 451,
+                code: "sovereignty_violation".into(),
+                message: "blocked by the guardrail".into(),
+            })
+            .map_err(|e| e.to_string())?]);
+        }
         let sensitive = prompt.0.contains("IBAN");
         Ok(vec![NewEvent::new(&GuardrailEvaluated {
             action: if sensitive { "local_only" } else { "allow" }.into(),
@@ -436,5 +447,32 @@ async fn a_request_stage_that_fails_leaves_nothing_in_the_journal() {
         0,
         "the refused request's attachment is not kept"
     );
+    journal.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_that_refuses_ends_the_group_and_later_stages_do_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open_dir(dir.path(), opts()).unwrap();
+    let bus = Bus::new(journal.clone());
+    let entries = bus
+        .publish_request(
+            request("req-b"),
+            Arc::new(Prompt("block me".into())),
+            &inline_stages(),
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = entries.iter().map(|e| e.event.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["request.received", "request.rejected"],
+        "the router did not run after the refusal"
+    );
+    assert_eq!(entries[1].seq, entries[0].seq + 1);
+    let r: RequestRejected = entries[1].event.payload_as().unwrap();
+    assert_eq!((r.status, r.code.as_str()), (451, "sovereignty_violation"));
+    assert_eq!(entries[1].event.request_id.as_deref(), Some("req-b"));
+    bus.detach("req-b");
     journal.shutdown().await.unwrap();
 }

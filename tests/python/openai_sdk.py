@@ -84,6 +84,26 @@ check("fallback answers", "capital" in fb.choices[0].message.content and fb.mode
 # Errors as typed exceptions.
 bad = openai.OpenAI(api_key="wrong", base_url=f"{BASE}/v1", max_retries=0)
 expect_error("401 AuthenticationError", openai.AuthenticationError, 401, lambda: bad.chat.completions.create(model="small", messages=MSG))
+# Keys of [[keys]]: an auditor may not call models (403); a clinic key, held to its models and to
+# local residency, is refused an external model (451), gets no external fallback, and sees only
+# its models.
+auditor = openai.OpenAI(api_key="sdk-auditor-key", base_url=f"{BASE}/v1", max_retries=0)
+e = expect_error("403 PermissionDeniedError (auditor role)", openai.PermissionDeniedError, 403, lambda: auditor.chat.completions.create(model="small", messages=MSG))
+check("403 role code", e.code == "permission_denied", e.body)
+clinic = openai.OpenAI(api_key="sdk-clinic-key", base_url=f"{BASE}/v1", max_retries=0, timeout=20)
+e = expect_error("403 PermissionDeniedError (model not in the key's list)", openai.PermissionDeniedError, 403, lambda: clinic.chat.completions.create(model="plain", messages=MSG))
+check("403 model code", e.code == "model_not_permitted", e.body)
+e = expect_error("451 sovereignty_violation", openai.APIStatusError, 451, lambda: clinic.chat.completions.create(model="abroad", messages=MSG))
+check("451 code", e.code == "sovereignty_violation" and e.body.get("type") == "sovereignty_error", e.body)
+check("451 carries the audit trace", e.response.headers.get("x-audit-trace-id"), dict(e.response.headers))
+print(f"REFUSED_ID {e.response.headers['x-request-id']}")
+local = clinic.chat.completions.with_raw_response.create(model="auto-router", messages=MSG)
+check("local-only key routed inside", local.parse().model == "small" and local.headers["x-route-policy"] == "local-only" and local.headers["x-data-residency"] == "local", dict(local.headers))
+expect_error("no external fallback for a local-only key", openai.InternalServerError, 502, lambda: clinic.chat.completions.create(model="home-broken", messages=MSG))
+crossed = client.chat.completions.create(model="home-broken", messages=MSG)
+check("an unrestricted key does fall back outside", crossed.model == "abroad", crossed.model)
+clinic_ids = {m.id for m in clinic.models.list()}
+check("a key sees only its models", clinic_ids == {"small", "abroad", "home-broken", "auto-router"}, clinic_ids)
 expect_error("400 BadRequestError (no messages)", openai.BadRequestError, 400, lambda: client.chat.completions.create(model="small", messages=[]))
 e = expect_error("400 BadRequestError (bad role)", openai.BadRequestError, 400, lambda: client.chat.completions.create(model="small", messages=[{"role": "wizard", "content": "x"}]))
 check("400 names the param", e.body.get("param") == "messages[0].role", e.body)

@@ -15,7 +15,17 @@ use isnad_tests::{
 
 const TOKEN: &str = "sdk-test-token";
 
+/// Keys the SDK scripts use besides `TOKEN`; the configuration holds only their SHA-256.
+const AUDITOR_KEY: &str = "sdk-auditor-key";
+const CLINIC_KEY: &str = "sdk-clinic-key";
+
+fn sha256_hex(key: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
 fn config(mock: &str) -> String {
+    let (auditor, clinic) = (sha256_hex(AUDITOR_KEY), sha256_hex(CLINIC_KEY));
     format!(
         r#"
 [routing]
@@ -95,6 +105,30 @@ variable_dimensions = true
 id = "fixed-embed"
 provider = "mock"
 kind = "embedding"
+residency = "local"
+
+[[models]]
+id = "abroad"
+provider = "mock"
+upstream_model = "mock-small"
+residency = "external"
+
+[[models]]
+id = "home-broken"
+provider = "mock"
+upstream_model = "mock-error"
+residency = "local"
+fallbacks = ["abroad"]
+
+[[keys]]
+name = "audit-desk"
+sha256 = "{auditor}"
+role = "auditor"
+
+[[keys]]
+name = "clinic"
+sha256 = "{clinic}"
+models = ["small", "abroad", "home-broken"]
 residency = "local"
 
 [[models]]
@@ -198,6 +232,42 @@ fn the_official_openai_sdk_works_against_isnad() {
         .starts_with("sha256:"));
     assert!(p["prompt_tokens"].as_u64().unwrap() > 0 && p["latency_us"].as_u64().unwrap() > 0);
 
+    // The 451: refused by the router, in the request's own group, under the key's name.
+    let refused = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("REFUSED_ID "))
+        .unwrap();
+    let path = logs(&server.base, &format!("request_id={refused}"));
+    let kinds: Vec<&str> = path.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "request.received",
+            "guardrail.evaluated",
+            "request.rejected"
+        ],
+        "the external model was never called"
+    );
+    assert_eq!(path[2]["payload"]["code"], "sovereignty_violation");
+    assert!(path.iter().all(|e| e["actor"] == "clinic"), "{path:?}");
+
+    // The journal is for the admin and auditor roles.
+    let r = curl(
+        "GET",
+        &format!("{}/v1/activity/logs?limit=1", server.base),
+        Some(AUDITOR_KEY),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = curl(
+        "GET",
+        &format!("{}/v1/activity/logs?limit=1", server.base),
+        Some(CLINIC_KEY),
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "permission_denied");
+
     // Every refusal is journaled with its status.
     let mut statuses: Vec<u64> = logs(&server.base, "kind=request.rejected")
         .iter()
@@ -205,7 +275,7 @@ fn the_official_openai_sdk_works_against_isnad() {
         .collect();
     statuses.sort_unstable();
     statuses.dedup();
-    for s in [400, 401, 404, 413, 422, 429, 502, 503, 504] {
+    for s in [400, 401, 403, 404, 413, 422, 429, 451, 502, 503, 504] {
         assert!(
             statuses.contains(&s),
             "no request.rejected with status {s}: {statuses:?}"

@@ -1,4 +1,4 @@
-//! The journal: one sequencer thread, one flusher thread, group commit, an in-memory tail for
+//! The journal: one sequencer thread, two flusher threads, group commit, an in-memory tail for
 //! subscribers, and the Merkle tree for checkpoints and proofs.
 //!
 //! ```text
@@ -8,8 +8,10 @@
 //!              flusher: store.flush() (blocking) ─► durable watermark ─► acknowledge ─► checkpoint
 //! ```
 //!
-//! While the flusher waits on the disk, the sequencer already seals the next batch, so the two
-//! overlap and a batch is whatever arrived during the previous flush. A batch with a durable
+//! While a flusher waits on the disk, the sequencer already seals the next batch, so the two
+//! overlap and a batch is whatever arrived during the previous flush. A second flusher may start
+//! the next flush while the first still waits: a flush covers everything stored before it began,
+//! so the durable watermark is the highest one any finished flush reached. A batch with a durable
 //! append in it is handed to the flusher at once; sequenced-only appends wait up to
 //! [`Options::flush_delay`] to share a flush with whatever comes next.
 
@@ -17,7 +19,7 @@ use std::{
     collections::{HashMap, VecDeque},
     path::Path,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc, Arc,
     },
     thread::JoinHandle,
@@ -285,18 +287,34 @@ impl Journal {
             prev,
             last_ts,
         };
+        let last_size = shared
+            .latest_checkpoint
+            .lock()
+            .as_ref()
+            .map_or(0, |(cp, _)| cp.size);
+        let flushers = Arc::new(Flushers {
+            jobs: Mutex::new(frx),
+            checkpoints: Mutex::new(CheckpointSchedule {
+                last_size,
+                last_at: Instant::now(),
+            }),
+            fatal: Mutex::new(None),
+            running: AtomicUsize::new(FLUSHERS),
+        });
         let s1 = shared.clone();
-        let s2 = shared.clone();
-        let threads = vec![
-            std::thread::Builder::new()
-                .name("journal-sequencer".into())
-                .spawn(move || sequencer(&s1, rx, ftx, seq_state))
-                .map_err(|e| Error::Storage(format!("cannot start sequencer: {e}")))?,
-            std::thread::Builder::new()
-                .name("journal-flusher".into())
-                .spawn(move || flusher(&s2, frx))
-                .map_err(|e| Error::Storage(format!("cannot start flusher: {e}")))?,
-        ];
+        let mut threads = vec![std::thread::Builder::new()
+            .name("journal-sequencer".into())
+            .spawn(move || sequencer(&s1, rx, ftx, seq_state))
+            .map_err(|e| Error::Storage(format!("cannot start sequencer: {e}")))?];
+        for i in 0..FLUSHERS {
+            let (s, f) = (shared.clone(), flushers.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("journal-flusher-{i}"))
+                    .spawn(move || flusher(&s, &f))
+                    .map_err(|e| Error::Storage(format!("cannot start flusher: {e}")))?,
+            );
+        }
         Ok(Self {
             handle: Arc::new(Handle {
                 shared,
@@ -978,60 +996,97 @@ fn existing(store: &dyn LogStore, id: &EventId) -> Result<Option<(u64, Hash)>> {
     Ok(Some((seq, hash)))
 }
 
-fn flusher(shared: &Shared, frx: mpsc::Receiver<FlushJob>) {
-    let mut last_cp_size = shared
-        .latest_checkpoint
-        .lock()
-        .as_ref()
-        .map_or(0, |(cp, _)| cp.size);
-    let mut last_cp_at = Instant::now();
-    let mut fatal: Option<String> = None;
+/// What the flushers share: the job queue (whoever holds its lock is the next to take jobs), the
+/// checkpoint schedule and the first fatal error.
+struct Flushers {
+    jobs: Mutex<mpsc::Receiver<FlushJob>>,
+    checkpoints: Mutex<CheckpointSchedule>,
+    fatal: Mutex<Option<String>>,
+    /// Workers still running; the last one out makes the final flush.
+    running: AtomicUsize,
+}
+
+struct CheckpointSchedule {
+    last_size: u64,
+    last_at: Instant,
+}
+
+/// Flushes that may be in progress at once. A flush covers everything written to the store
+/// before it starts, so a second flush can start while the first waits on the disk: an awaited
+/// entry that arrives mid-flush waits for one flush of its own, not for the rest of another one
+/// first.
+const FLUSHERS: usize = 2;
+
+fn flusher(shared: &Shared, f: &Flushers) {
     loop {
-        let first = match frx.recv_timeout(shared.opts.checkpoint_interval) {
-            Ok(j) => Some(j),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        // Take every job queued so far. Holding the queue's lock while waiting makes this worker
+        // the next to take jobs; the lock is released before the flush.
+        let jobs = {
+            let rx = f.jobs.lock();
+            let first = match rx.recv_timeout(shared.opts.checkpoint_interval) {
+                Ok(j) => Some(j),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut jobs: Vec<FlushJob> = first.into_iter().collect();
+            while let Ok(j) = rx.try_recv() {
+                jobs.push(j);
+            }
+            jobs
         };
-        let mut jobs: Vec<FlushJob> = first.into_iter().collect();
-        while let Ok(j) = frx.try_recv() {
-            jobs.push(j);
-        }
-        let upto = jobs
+        let forced = jobs.iter().any(|j| !matches!(j, FlushJob::Flush { .. }));
+        let mut upto = jobs
             .iter()
             .filter_map(|j| match j {
                 FlushJob::Flush { upto, .. } => Some(*upto),
                 _ => None,
             })
             .max();
-        let forced = jobs.iter().any(|j| !matches!(j, FlushJob::Flush { .. }));
-        if let (Some(upto), None) = (upto, &fatal) {
-            match shared.store.flush() {
+        if forced {
+            // A checkpoint or shutdown covers everything sequenced, even what another worker is
+            // still flushing.
+            upto = upto.max(Some(*shared.sequenced.borrow()));
+        }
+        let fatal = f.fatal.lock().clone();
+        let fatal = match (upto, fatal) {
+            (Some(upto), None) => match shared.store.flush() {
                 Ok(()) => {
-                    shared.durable.send_replace(upto);
+                    // Flushes may finish out of order; the watermark only moves forward.
+                    shared.durable.send_if_modified(|d| {
+                        let moved = upto > *d;
+                        *d = (*d).max(upto);
+                        moved
+                    });
+                    None
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "journal flush failed; no further appends are acknowledged");
-                    fatal = Some(e.to_string());
+                    Some(f.fatal.lock().get_or_insert(e.to_string()).clone())
                 }
-            }
-        }
-        let durable = *shared.durable.borrow();
-        let due = durable > last_cp_size
-            && (forced
-                || durable - last_cp_size >= shared.opts.checkpoint_every
-                || last_cp_at.elapsed() >= shared.opts.checkpoint_interval);
-        let mut cp_result: Result<Option<(Checkpoint, String)>> =
-            Ok(shared.latest_checkpoint.lock().clone());
-        if due && fatal.is_none() {
-            cp_result = write_checkpoint(shared, durable, upto.is_none() || forced);
-            match &cp_result {
-                Ok(_) => {
-                    last_cp_size = durable;
-                    last_cp_at = Instant::now();
+            },
+            (_, fatal) => fatal,
+        };
+        let cp_result = {
+            let mut sched = f.checkpoints.lock();
+            let durable = *shared.durable.borrow();
+            let due = durable > sched.last_size
+                && (forced
+                    || durable - sched.last_size >= shared.opts.checkpoint_every
+                    || sched.last_at.elapsed() >= shared.opts.checkpoint_interval);
+            if due && fatal.is_none() {
+                let written = write_checkpoint(shared, durable, upto.is_none() || forced);
+                match &written {
+                    Ok(_) => {
+                        sched.last_size = durable;
+                        sched.last_at = Instant::now();
+                    }
+                    Err(e) => tracing::error!(error = %e, "checkpoint failed"),
                 }
-                Err(e) => tracing::error!(error = %e, "checkpoint failed"),
+                written
+            } else {
+                Ok(shared.latest_checkpoint.lock().clone())
             }
-        }
+        };
         let mut stop = false;
         for job in jobs {
             match job {
@@ -1056,12 +1111,14 @@ fn flusher(shared: &Shared, frx: mpsc::Receiver<FlushJob>) {
             break;
         }
     }
-    // A checkpoint written on the busy path waits for the next flush; make it durable now.
-    if let Err(e) = shared.store.flush() {
-        tracing::error!(error = %e, "final journal flush failed");
+    if f.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // A checkpoint written on the busy path waits for the next flush; make it durable now.
+        if let Err(e) = shared.store.flush() {
+            tracing::error!(error = %e, "final journal flush failed");
+        }
+        shared.closed.store(true, Ordering::Release);
+        shared.durable.send_modify(|_| {});
     }
-    shared.closed.store(true, Ordering::Release);
-    shared.durable.send_modify(|_| {});
 }
 
 fn clone_result(r: &Result<Option<(Checkpoint, String)>>) -> Result<Option<(Checkpoint, String)>> {

@@ -336,6 +336,52 @@ async fn sequenced_appends_become_durable_on_their_own_and_with_a_durable_one(b:
     reopened.shutdown().await.unwrap();
 }
 
+async fn acknowledgements_and_checkpoints_hold_with_flushes_in_parallel(b: &dyn Backend) {
+    // Two flushes may be in progress at once and finish in either order: an acknowledged append
+    // is still durable when acknowledged, the watermark never moves back, checkpoints only grow,
+    // and shutdown's checkpoint covers everything.
+    let j = open(b, opts());
+    let mut tasks = Vec::new();
+    for w in 0..16u32 {
+        let j = j.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30u32 {
+                let seq = j.append_one(ev(w * 1000 + i)).await.unwrap().seq;
+                assert!(j.durable_len() > seq, "acknowledged before it was durable");
+            }
+        }));
+    }
+    let checkpointer = {
+        let j = j.clone();
+        tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            for _ in 0..20 {
+                let before = j.durable_len();
+                let (cp, _) = j.checkpoint_now().await.unwrap().unwrap();
+                assert!(
+                    cp.size >= before,
+                    "a checkpoint covers what was durable before it"
+                );
+                sizes.push(cp.size);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sizes
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sizes = checkpointer.await.unwrap();
+    assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
+    assert_eq!(j.durable_len(), 480);
+    j.shutdown().await.unwrap();
+    assert_eq!(j.latest_checkpoint().unwrap().0.size, 480);
+    drop(j);
+    let reopened = open(b, opts());
+    assert_eq!(reopened.len(), 480);
+    reopened.shutdown().await.unwrap();
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -361,6 +407,7 @@ macro_rules! suite {
             case!(submitted_cursors_follow_their_appends);
             case!(explicit_ids_and_derived_ids);
             case!(sequenced_appends_become_durable_on_their_own_and_with_a_durable_one);
+            case!(acknowledgements_and_checkpoints_hold_with_flushes_in_parallel);
         }
     };
 }

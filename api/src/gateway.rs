@@ -408,12 +408,8 @@ async fn handle(
         request_id: trace.request_id.clone(),
     };
     let attachment: Attachment = Arc::new(request);
-    let entries = match gw
-        .bus
-        .publish_request(event, attachment.clone(), &gw.stages)
-        .await
-    {
-        Ok(entries) => entries,
+    let submitted = match gw.bus.submit_request(event, attachment.clone(), &gw.stages) {
+        Ok(submitted) => submitted,
         Err(e @ isnad_pipeline::Error::RequestStage { .. }) => {
             tracing::error!(request_id = %trace.request_id, error = %e, "a request-path stage failed");
             let err = ApiError::Internal(e.to_string());
@@ -424,24 +420,33 @@ async fn handle(
             return ApiError::Unavailable.into_response();
         }
     };
-    if let Some(first) = entries.first() {
-        trace.audit = Some(format!("{}:{}", first.seq, hex::encode(first.hash)));
-    }
-    if let Some(refusal) = entries
-        .iter()
-        .find(|e| e.event.kind == RequestRejected::KIND)
-    {
-        return refused(&gw, &trace, refusal).await;
-    }
-    let dispatched = match entries.iter().find(|e| e.event.kind == RouteSelected::KIND) {
-        Some(route) => isnad_inference::stages::dispatch(
+    let find = |kind: &str| submitted.events().iter().find(|e| e.kind == kind).cloned();
+    let (refusal, route) = (find(RequestRejected::KIND), find(RouteSelected::KIND));
+    // The model call starts now, while the journal seals the group; the outcome is appended
+    // after the group, and nothing is answered before both are durable.
+    let dispatched = match (&refusal, route) {
+        (Some(_), _) => Ok(()),
+        (None, Some(route)) => isnad_inference::stages::dispatch(
             gw.registry.clone(),
             gw.bus.journal().clone(),
-            route.clone(),
+            route,
             attachment,
         ),
-        None => Err("the router chose no model".to_owned()),
+        (None, None) => Err("the router chose no model".to_owned()),
     };
+    let receipts = match submitted.sequenced().await {
+        Ok(receipts) => receipts,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot journal a request");
+            return ApiError::Unavailable.into_response();
+        }
+    };
+    if let Some(first) = receipts.first() {
+        trace.audit = Some(format!("{}:{}", first.seq, hex::encode(first.hash)));
+    }
+    if let (Some(refusal), Some(last)) = (refusal, receipts.last()) {
+        return refused(&gw, &trace, &refusal, last.seq).await;
+    }
     if let Err(e) = dispatched {
         tracing::error!(request_id = %trace.request_id, error = %e, "request not dispatched");
         return reject(&gw, &trace, &actor, endpoint, ApiError::Internal(e)).await;
@@ -486,12 +491,12 @@ async fn handle(
 
 /// A request-path stage refused the request (journaled in its group): wait for the refusal to
 /// be durable, then answer with it.
-async fn refused(gw: &Gateway, trace: &Trace, refusal: &isnad_journal::Entry) -> Response {
-    let err = match refusal.event.payload_as::<RequestRejected>() {
+async fn refused(gw: &Gateway, trace: &Trace, refusal: &NewEvent, seq: u64) -> Response {
+    let err = match refusal.payload_as::<RequestRejected>() {
         Ok(r) => ApiError::from_refusal(&r),
         Err(e) => ApiError::Internal(e.to_string()),
     };
-    if gw.bus.journal().wait_durable(refusal.seq).await.is_err() {
+    if gw.bus.journal().wait_durable(seq).await.is_err() {
         return ApiError::Unavailable.into_response();
     }
     let mut resp = err.into_response();

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! handler: request.received ─► guardrail ─► guardrail.evaluated ─► router ─► route.selected
-//!          (one atomic group, evaluated in the request's task)                    │
-//!                                                                  dispatch ◄─────┘
+//!          (one atomic group, evaluated in the request's task and queued to the   │
+//!           journal; the model call starts while the journal seals it)  dispatch ◄─┘
 //!        completion.finished / model.fallback / request.rejected ◄── (own task)
 //! ```
 //!
@@ -15,7 +15,7 @@
 use std::{sync::Arc, time::Instant};
 
 use futures_util::StreamExt as _;
-use isnad_journal::{Entry, Journal};
+use isnad_journal::Journal;
 use isnad_pipeline::{Attachment, RequestStage};
 use isnad_schemas::{
     CompletionFinished, GuardrailEvaluated, ModelFallback, NewEvent, RequestRejected, RouteSelected,
@@ -279,14 +279,15 @@ fn not_permitted(model: &str) -> String {
 
 /// Serves a routed request in a task of its own: calls the chosen model (and its fallbacks in
 /// turn), streams the answer back to the handler and journals the outcome. `route` is the
-/// request's `route.selected` entry.
+/// request's `route.selected` event, submitted to the journal (it may still be being sealed:
+/// the outcome, appended later, is sequenced after it).
 pub fn dispatch(
     registry: Arc<Registry>,
     journal: Journal,
-    route: Arc<Entry>,
+    route: NewEvent,
     attachment: Attachment,
 ) -> Result<(), String> {
-    let payload: RouteSelected = route.event.payload_as().map_err(|e| e.to_string())?;
+    let payload: RouteSelected = route.payload_as().map_err(|e| e.to_string())?;
     if request_of(Some(&attachment)).is_none() {
         return Err("not an inference request".into());
     }
@@ -299,8 +300,8 @@ pub fn dispatch(
 }
 
 /// Outcome events get ids derived from the route event, so they are unique and stable.
-fn outcome(input: &Entry, n: usize, ev: NewEvent) -> NewEvent {
-    isnad_pipeline::derive_output("inference", input, n, ev)
+fn outcome(input: &NewEvent, n: usize, ev: NewEvent) -> NewEvent {
+    isnad_pipeline::derive_output_of_event("inference", input, n, ev)
 }
 
 fn upstream_failure(e: &Error) -> (u16, &'static str) {
@@ -318,7 +319,7 @@ fn upstream_failure(e: &Error) -> (u16, &'static str) {
 async fn serve(
     registry: Arc<Registry>,
     journal: Journal,
-    input: Arc<Entry>,
+    input: NewEvent,
     route: RouteSelected,
     req: &InferenceRequest,
 ) {

@@ -26,7 +26,7 @@
 
 use std::{any::Any, collections::HashMap, future::Future, sync::Arc, time::Duration};
 
-use isnad_journal::{Entry, Journal, Watermark};
+use isnad_journal::{Entry, Journal, Receipt, Watermark};
 use isnad_schemas::{EventId, NewEvent, Payload as _, RequestRejected};
 use parking_lot::Mutex;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -258,6 +258,25 @@ impl Bus {
         attachment: Attachment,
         stages: &[Arc<dyn RequestStage>],
     ) -> Result<Vec<Arc<Entry>>> {
+        let submitted = self.submit_request(event, attachment, stages)?;
+        let receipts = submitted.sequenced().await?;
+        receipts
+            .iter()
+            .map(|r| self.journal.entry(r.seq)?.ok_or(Error::Closed))
+            .collect()
+    }
+
+    /// [`Bus::publish_request`] without waiting: evaluates the stages, queues the group to the
+    /// journal and returns its events at once, so the caller can act on the decisions (call the
+    /// chosen model) while the journal seals the group. Anything the caller appends afterwards
+    /// is sequenced after the group; nothing should be acknowledged outside before
+    /// [`Submitted::sequenced`] and the durability of what follows.
+    pub fn submit_request(
+        &self,
+        event: NewEvent,
+        attachment: Attachment,
+        stages: &[Arc<dyn RequestStage>],
+    ) -> Result<Submitted> {
         let mut outputs = Vec::new();
         for stage in stages {
             let mine = stage
@@ -270,7 +289,7 @@ impl Bus {
             outputs.extend(
                 mine.into_iter()
                     .enumerate()
-                    .map(|(i, ev)| derive(stage.name(), &event, i, ev)),
+                    .map(|(i, ev)| derive_output_of_event(stage.name(), &event, i, ev)),
             );
             if refused {
                 break;
@@ -283,19 +302,51 @@ impl Bus {
         let mut group = Vec::with_capacity(outputs.len() + 1);
         group.push(event);
         group.extend(outputs);
-        let receipts = match self.journal.append_sequenced(group).await {
-            Ok(r) => r,
+        let events = group.clone();
+        match self.journal.submit_sequenced(group) {
+            Ok(receipts) => Ok(Submitted {
+                events,
+                receipts,
+                bus: self.clone(),
+                request_id,
+            }),
             Err(e) => {
                 if let Some(rid) = request_id.as_deref() {
                     self.detach(rid);
                 }
-                return Err(e.into());
+                Err(e.into())
             }
+        }
+    }
+}
+
+/// A request's group, queued to the journal by [`Bus::submit_request`].
+pub struct Submitted {
+    events: Vec<NewEvent>,
+    receipts: oneshot::Receiver<isnad_journal::Result<Vec<Receipt>>>,
+    bus: Bus,
+    request_id: Option<String>,
+}
+
+impl Submitted {
+    /// The group's events, the request's first, as they will be appended.
+    pub fn events(&self) -> &[NewEvent] {
+        &self.events
+    }
+
+    /// Resolves once the group is sequenced, with one receipt per event. When the journal
+    /// refuses the group, the request's attachment is dropped.
+    pub async fn sequenced(self) -> Result<Vec<Receipt>> {
+        let result = match self.receipts.await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::Closed),
         };
-        receipts
-            .iter()
-            .map(|r| self.journal.entry(r.seq)?.ok_or(Error::Closed))
-            .collect()
+        if result.is_err() {
+            if let Some(rid) = self.request_id.as_deref() {
+                self.bus.detach(rid);
+            }
+        }
+        result
     }
 }
 
@@ -451,8 +502,14 @@ struct Inherited<'a> {
     actor: Option<&'a str>,
 }
 
-/// [`derive_output`] for an input not yet sequenced: the time in the id is the input id's own.
-fn derive(stage: &str, input: &NewEvent, index: usize, ev: NewEvent) -> NewEvent {
+/// [`derive_output`] for an input not yet sequenced (a member of a request's group that the
+/// journal may still be sealing): the time in the id is the input id's own.
+pub fn derive_output_of_event(
+    stage: &str,
+    input: &NewEvent,
+    index: usize,
+    ev: NewEvent,
+) -> NewEvent {
     let from = Inherited {
         request_id: input.request_id.as_deref(),
         team: input.team.as_deref(),

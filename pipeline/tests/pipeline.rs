@@ -476,3 +476,53 @@ async fn a_stage_that_refuses_ends_the_group_and_later_stages_do_not_run() {
     bus.detach("req-b");
     journal.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_group_is_known_at_once_and_sealed_ahead_of_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open_dir(dir.path(), opts()).unwrap();
+    let bus = Bus::new(journal.clone());
+    let submitted = bus
+        .submit_request(
+            request("req-s"),
+            Arc::new(Prompt("hello".into())),
+            &inline_stages(),
+        )
+        .unwrap();
+    // The decisions are there before the journal has sealed anything.
+    let events = submitted.events().to_vec();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["request.received", "guardrail.evaluated", "route.selected"]
+    );
+    // What the caller appends next (the outcome) lands after the group.
+    let outcome = isnad_pipeline::derive_output_of_event(
+        "inference",
+        &events[2],
+        0,
+        NewEvent::new(&GuardrailEvaluated {
+            action: "allow".into(),
+            findings: vec![],
+            policy: "outcome".into(),
+        })
+        .unwrap(),
+    );
+    let after = journal.append_one(outcome).await.unwrap();
+    let receipts = submitted.sequenced().await.unwrap();
+    let seqs: Vec<u64> = receipts.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [seqs[0], seqs[0] + 1, seqs[0] + 2]);
+    assert_eq!(after.seq, seqs[2] + 1);
+    for (r, ev) in receipts.iter().zip(&events) {
+        assert_eq!(journal.entry(r.seq).unwrap().unwrap().event.id, ev.id);
+    }
+    let stored = journal.entry(after.seq).unwrap().unwrap();
+    assert_eq!(stored.event.request_id.as_deref(), Some("req-s"));
+    assert_eq!(
+        bus.attachments_in_flight(),
+        1,
+        "the attachment stays until detached"
+    );
+    bus.detach("req-s");
+    journal.shutdown().await.unwrap();
+}

@@ -55,144 +55,248 @@ pub enum ProofError {
     /// The recomputed root differs.
     #[error("computed root does not match")]
     RootMismatch,
+    /// Leaves a pruned tree had to reread could not be read.
+    #[error("leaves unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// An append-only Merkle tree that keeps every complete subtree's hash, so that any root and any
+/// Reads the leaf hashes `[start, end)` that a pruned tree no longer holds (from the log).
+pub type LeafSource<'a> = &'a dyn Fn(u64, u64) -> Result<Vec<Hash>, ProofError>;
+
+/// An append-only Merkle tree that keeps complete subtrees' hashes, so that any root and any
 /// proof costs `O(log n)` hash lookups plus `O(log n)` hashes for the ragged right edge.
 ///
-/// Memory is about 64 bytes per leaf (leaves plus interior levels).
+/// [`MerkleTree::new`] keeps every level: about 64 bytes per leaf. [`MerkleTree::pruned`]`(k)`
+/// keeps the levels below `k` only for the last two blocks of `2^k` leaves, so a long-running
+/// log costs about `64 / 2^k` bytes per leaf; a proof or root that reaches into an older block
+/// rereads that block's leaves through a [`LeafSource`].
 #[derive(Default, Clone)]
 pub struct MerkleTree {
-    /// `levels[k][i]` is the hash of the complete subtree of `2^k` leaves starting at `i * 2^k`.
+    /// `levels[k][i]` is the hash of the complete subtree of `2^k` leaves starting at
+    /// `(bases[k] + i) * 2^k`.
     levels: Vec<Vec<Hash>>,
+    bases: Vec<u64>,
+    /// Levels below this are pruned (0: none).
+    prune: u32,
+}
+
+/// What a full tree answers when asked for leaves it should hold: never called.
+fn no_source(_: u64, _: u64) -> Result<Vec<Hash>, ProofError> {
+    Err(ProofError::Unavailable("the tree holds every leaf".into()))
+}
+
+/// Root of a perfect tree over `leaves` (a power of two of them).
+fn perfect_root(mut level: Vec<Hash>) -> Hash {
+    while level.len() > 1 {
+        level = level
+            .chunks_exact(2)
+            .map(|pair| node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    level[0]
 }
 
 impl MerkleTree {
-    /// An empty tree.
+    /// An empty tree that keeps every level.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// An empty tree that keeps the levels below `k` for the last two blocks of `2^k` leaves
+    /// only (`k` at most 20).
+    pub fn pruned(k: u32) -> Self {
+        Self {
+            prune: k.min(20),
+            ..Self::default()
+        }
+    }
+
+    fn count(&self, k: usize) -> u64 {
+        self.bases[k] + self.levels[k].len() as u64
+    }
+
     /// Number of leaves.
     pub fn size(&self) -> u64 {
-        self.levels.first().map_or(0, |l| l.len() as u64)
+        if self.levels.is_empty() {
+            0
+        } else {
+            self.count(0)
+        }
+    }
+
+    /// Hashes held in memory (for tests and memory accounting).
+    pub fn held(&self) -> usize {
+        self.levels.iter().map(Vec::len).sum()
     }
 
     /// Appends a leaf given its leaf hash (already `0x00`-prefixed).
     pub fn push_leaf_hash(&mut self, leaf: Hash) {
         if self.levels.is_empty() {
             self.levels.push(Vec::new());
+            self.bases.push(0);
         }
         self.levels[0].push(leaf);
         let mut level = 0;
-        while self.levels[level].len().is_multiple_of(2) {
+        // Bases stay even (they are multiples of whole blocks), so an even count means the
+        // level's last two hashes are both held.
+        while self.count(level).is_multiple_of(2) {
             let n = self.levels[level].len();
             let parent = node_hash(&self.levels[level][n - 2], &self.levels[level][n - 1]);
             if self.levels.len() == level + 1 {
                 self.levels.push(Vec::new());
+                self.bases.push(0);
             }
             self.levels[level + 1].push(parent);
             level += 1;
         }
-    }
-
-    /// Drops every leaf from `size` on (used when a batch could not be written).
-    pub fn truncate(&mut self, size: u64) {
-        for (k, level) in self.levels.iter_mut().enumerate() {
-            level.truncate((size >> k) as usize);
+        let block = 1u64 << self.prune;
+        let size = self.size();
+        if self.prune > 0 && size.is_multiple_of(block) && size >= 2 * block {
+            // A block just completed: drop the low levels of the blocks before the last two.
+            for k in 0..self.prune as usize {
+                let base = (size - 2 * block) >> k;
+                let drop = (base - self.bases[k]) as usize;
+                self.levels[k].drain(..drop);
+                self.bases[k] = base;
+            }
         }
-    }
-
-    /// Leaf hash at `index`.
-    pub fn leaf(&self, index: u64) -> Option<Hash> {
-        self.levels
-            .first()
-            .and_then(|l| l.get(index as usize))
-            .copied()
     }
 
     /// Hash of leaves `[start, end)`, where the range is an RFC 6962 subtree: `start` is a
     /// multiple of the largest power of two not above `end - start`... or the ragged right edge.
-    fn subtree(&self, start: u64, end: u64) -> Hash {
+    fn subtree(&self, start: u64, end: u64, src: LeafSource<'_>) -> Result<Hash, ProofError> {
         let n = end - start;
         if n.is_power_of_two() && start.is_multiple_of(n) {
             let k = n.trailing_zeros() as usize;
-            return self.levels[k][(start >> k) as usize];
+            let index = start >> k;
+            if index >= self.bases[k] {
+                return Ok(self.levels[k][(index - self.bases[k]) as usize]);
+            }
+            let leaves = src(start, end)?;
+            if leaves.len() as u64 != n {
+                return Err(ProofError::Unavailable(format!(
+                    "asked for {n} leaves from {start}, got {}",
+                    leaves.len()
+                )));
+            }
+            return Ok(perfect_root(leaves));
         }
         let k = split_point(n);
-        node_hash(
-            &self.subtree(start, start + k),
-            &self.subtree(start + k, end),
-        )
+        Ok(node_hash(
+            &self.subtree(start, start + k, src)?,
+            &self.subtree(start + k, end, src)?,
+        ))
     }
 
     /// Root of the tree made of the first `size` leaves.
     pub fn root(&self, size: u64) -> Option<Hash> {
+        self.root_with(size, &no_source).ok().flatten()
+    }
+
+    /// [`MerkleTree::root`] for a pruned tree, rereading pruned leaves from `src`.
+    pub fn root_with(&self, size: u64, src: LeafSource<'_>) -> Result<Option<Hash>, ProofError> {
         if size > self.size() {
-            return None;
+            return Ok(None);
         }
-        Some(if size == 0 {
+        Ok(Some(if size == 0 {
             EMPTY_ROOT
         } else {
-            self.subtree(0, size)
-        })
+            self.subtree(0, size, src)?
+        }))
     }
 
     /// RFC 6962 audit path for leaf `index` in the tree of `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
+        self.inclusion_proof_with(index, size, &no_source)
+    }
+
+    /// [`MerkleTree::inclusion_proof`] for a pruned tree, rereading pruned leaves from `src`.
+    pub fn inclusion_proof_with(
+        &self,
+        index: u64,
+        size: u64,
+        src: LeafSource<'_>,
+    ) -> Result<Vec<Hash>, ProofError> {
         if index >= size || size > self.size() {
             return Err(ProofError::Invalid(
                 "leaf index must be below tree size <= log size",
             ));
         }
         let mut out = Vec::new();
-        self.path(index, 0, size, &mut out);
+        self.path(index, 0, size, src, &mut out)?;
         Ok(out)
     }
 
-    fn path(&self, m: u64, start: u64, end: u64, out: &mut Vec<Hash>) {
+    fn path(
+        &self,
+        m: u64,
+        start: u64,
+        end: u64,
+        src: LeafSource<'_>,
+        out: &mut Vec<Hash>,
+    ) -> Result<(), ProofError> {
         let n = end - start;
         if n <= 1 {
-            return;
+            return Ok(());
         }
         let k = split_point(n);
         if m < k {
-            self.path(m, start, start + k, out);
-            out.push(self.subtree(start + k, end));
+            self.path(m, start, start + k, src, out)?;
+            out.push(self.subtree(start + k, end, src)?);
         } else {
-            self.path(m - k, start + k, end, out);
-            out.push(self.subtree(start, start + k));
+            self.path(m - k, start + k, end, src, out)?;
+            out.push(self.subtree(start, start + k, src)?);
         }
+        Ok(())
     }
 
     /// RFC 6962 consistency proof between the trees of `old` and `new` leaves.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ProofError> {
+        self.consistency_proof_with(old, new, &no_source)
+    }
+
+    /// [`MerkleTree::consistency_proof`] for a pruned tree, rereading pruned leaves from `src`.
+    pub fn consistency_proof_with(
+        &self,
+        old: u64,
+        new: u64,
+        src: LeafSource<'_>,
+    ) -> Result<Vec<Hash>, ProofError> {
         if old > new || new > self.size() {
             return Err(ProofError::Invalid("need old <= new <= log size"));
         }
         let mut out = Vec::new();
         if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut out);
+            self.subproof(old, 0, new, true, src, &mut out)?;
         }
         Ok(out)
     }
 
-    fn subproof(&self, m: u64, start: u64, end: u64, complete: bool, out: &mut Vec<Hash>) {
+    fn subproof(
+        &self,
+        m: u64,
+        start: u64,
+        end: u64,
+        complete: bool,
+        src: LeafSource<'_>,
+        out: &mut Vec<Hash>,
+    ) -> Result<(), ProofError> {
         let n = end - start;
         if m == n {
             if !complete {
-                out.push(self.subtree(start, end));
+                out.push(self.subtree(start, end, src)?);
             }
-            return;
+            return Ok(());
         }
         let k = split_point(n);
         if m <= k {
-            self.subproof(m, start, start + k, complete, out);
-            out.push(self.subtree(start + k, end));
+            self.subproof(m, start, start + k, complete, src, out)?;
+            out.push(self.subtree(start + k, end, src)?);
         } else {
-            self.subproof(m - k, start + k, end, false, out);
-            out.push(self.subtree(start, start + k));
+            self.subproof(m - k, start + k, end, false, src, out)?;
+            out.push(self.subtree(start, start + k, src)?);
         }
+        Ok(())
     }
 }
 
@@ -479,16 +583,64 @@ mod tests {
         }
     }
 
-    #[test]
-    fn truncate_restores_earlier_tree() {
-        let ls = leaves(37);
-        let mut t = tree(&ls);
-        t.truncate(20);
-        assert_eq!(t.size(), 20);
-        assert_eq!(t.root(20).unwrap(), naive_root(&ls[..20]));
-        for l in &ls[20..] {
-            t.push_leaf_hash(*l);
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// A pruned tree answers every root and proof exactly as the full tree does, rereading
+        /// only the leaves it dropped, and holds far fewer hashes.
+        #[test]
+        fn a_pruned_tree_answers_as_the_full_one(n in 1usize..300, k in 1u32..4, seed in any::<u64>()) {
+            let ls = leaves(n);
+            let full = tree(&ls);
+            let mut pruned = MerkleTree::pruned(k);
+            for l in &ls {
+                pruned.push_leaf_hash(*l);
+            }
+            let reads = std::cell::Cell::new(0usize);
+            let src = |a: u64, b: u64| -> Result<Vec<Hash>, ProofError> {
+                reads.set(reads.get() + 1);
+                Ok(ls[a as usize..b as usize].to_vec())
+            };
+            let size = 1 + (seed as usize % n);
+            let m = (seed as usize / 7) % size;
+            let old = 1 + (seed as usize / 13) % size;
+            prop_assert_eq!(pruned.root_with(size as u64, &src).unwrap(), full.root(size as u64));
+            prop_assert_eq!(
+                pruned.inclusion_proof_with(m as u64, size as u64, &src).unwrap(),
+                full.inclusion_proof(m as u64, size as u64).unwrap()
+            );
+            prop_assert_eq!(
+                pruned.consistency_proof_with(old as u64, size as u64, &src).unwrap(),
+                full.consistency_proof(old as u64, size as u64).unwrap()
+            );
+            // The current root needs nothing from the log.
+            reads.set(0);
+            prop_assert_eq!(pruned.root_with(n as u64, &src).unwrap(), full.root(n as u64));
+            prop_assert_eq!(reads.get(), 0);
+            if n >= 4 << k {
+                prop_assert!(pruned.held() < full.held());
+            }
         }
-        assert_eq!(t.root(37).unwrap(), naive_root(&ls));
+    }
+
+    #[test]
+    fn a_pruned_tree_holds_a_fraction_of_the_hashes() {
+        let ls = leaves(1 << 14);
+        let full = tree(&ls);
+        let mut pruned = MerkleTree::pruned(8);
+        for l in &ls {
+            pruned.push_leaf_hash(*l);
+        }
+        assert_eq!(full.held(), (1 << 15) - 1);
+        // Levels 8 and up (127 hashes) plus levels 0 to 7 of the last two blocks (2 * 510).
+        assert_eq!(pruned.held(), 127 + 2 * 510);
+        let none = |_: u64, _: u64| Err(ProofError::Unavailable("none".into()));
+        assert_eq!(
+            pruned.root_with(1 << 14, &none).unwrap(),
+            full.root(1 << 14)
+        );
+        assert!(matches!(
+            pruned.root_with(100, &none),
+            Err(ProofError::Unavailable(_))
+        ));
     }
 }

@@ -67,8 +67,9 @@ fn be_u64(bytes: &[u8]) -> Result<u64> {
         .map_err(|_| Error::Storage(format!("expected 8 bytes, found {}", bytes.len())))
 }
 
-/// The journal on sled 0.34: one tree, one key space with a one-byte prefix per kind of row, so
-/// that an entry and its id-index row are written by one atomic batch.
+/// The journal on sled 0.34: one tree, one key space with a one-byte prefix per kind of row.
+/// A batch of entries and their id-index rows is made whole by an end-of-batch marker row (see
+/// `append`), not by a sled batch.
 pub struct SledStore {
     db: sled::Db,
     /// sled's log file. `Db::flush` writes with `sync_file_range`, which neither flushes the

@@ -382,6 +382,47 @@ async fn acknowledgements_and_checkpoints_hold_with_flushes_in_parallel(b: &dyn 
     reopened.shutdown().await.unwrap();
 }
 
+async fn proofs_reach_back_past_what_the_live_tree_keeps(b: &dyn Backend) {
+    // The live tree keeps its lower levels for the last two blocks of 1,024 entries only: proofs
+    // and roots for older entries and older sizes reread hashes from the store, both in the
+    // journal that wrote them and in one that rebuilt its tree on open.
+    let n = 5_000u32;
+    let j = open(b, opts());
+    for chunk in (0..n).collect::<Vec<_>>().chunks(250) {
+        j.append(chunk.iter().map(|&i| ev(i)).collect())
+            .await
+            .unwrap();
+    }
+    check_proofs(&j, u64::from(n)).await;
+    j.shutdown().await.unwrap();
+    drop(j);
+    let j = open(b, opts());
+    check_proofs(&j, u64::from(n)).await;
+    j.shutdown().await.unwrap();
+}
+
+/// Every proof a client may ask of a log of `size` entries verifies against its checkpoints.
+async fn check_proofs(j: &Journal, size: u64) {
+    let (cp, _) = j.checkpoint_now().await.unwrap().unwrap();
+    assert_eq!(cp.size, size);
+    assert_eq!(j.root(size).unwrap(), cp.root);
+    for i in [0, 1, 1023, 1024, 2047, 2500, size - 1] {
+        let e = j.entry(i).unwrap().unwrap();
+        let proof = j.inclusion_proof(i, size).unwrap();
+        merkle::verify_inclusion(i, size, &e.leaf(), &proof, &cp.root)
+            .unwrap_or_else(|err| panic!("seq {i}: {err}"));
+    }
+    let (early_size, early_note) = j.checkpoints().unwrap().first().unwrap().clone();
+    let early = Checkpoint::open(&early_note, &j.public_key()).unwrap();
+    assert!(
+        early_size < 1024,
+        "an early checkpoint, in a block the tree no longer holds"
+    );
+    assert_eq!(j.root(early_size).unwrap(), early.root);
+    let proof = j.consistency_proof(early_size, size).unwrap();
+    merkle::verify_consistency(early_size, size, &early.root, &cp.root, &proof).unwrap();
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -408,6 +449,7 @@ macro_rules! suite {
             case!(explicit_ids_and_derived_ids);
             case!(sequenced_appends_become_durable_on_their_own_and_with_a_durable_one);
             case!(acknowledgements_and_checkpoints_hold_with_flushes_in_parallel);
+            case!(proofs_reach_back_past_what_the_live_tree_keeps);
         }
     };
 }

@@ -389,6 +389,30 @@ impl Registry {
     }
 }
 
+/// A chat model's configuration with the defaults, for tests.
+#[cfg(test)]
+pub(crate) fn chat_model(
+    id: &str,
+    provider: &str,
+    residency: Residency,
+    fallbacks: &[&str],
+) -> ModelConfig {
+    ModelConfig {
+        id: id.into(),
+        provider: provider.into(),
+        upstream_model: None,
+        kind: ModelKind::Chat,
+        residency,
+        languages: vec![],
+        price_per_1k_input: 0.0,
+        price_per_1k_output: 0.0,
+        context_length: 4096,
+        fallbacks: fallbacks.iter().map(|s| (*s).to_owned()).collect(),
+        supports_tools: true,
+        variable_dimensions: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,20 +428,7 @@ mod tests {
     }
 
     fn model(id: &str, provider: &str, fallbacks: &[&str]) -> ModelConfig {
-        ModelConfig {
-            id: id.into(),
-            provider: provider.into(),
-            upstream_model: None,
-            kind: ModelKind::Chat,
-            residency: Residency::Local,
-            languages: vec![],
-            price_per_1k_input: 0.0,
-            price_per_1k_output: 0.0,
-            context_length: 4096,
-            fallbacks: fallbacks.iter().map(|s| (*s).to_owned()).collect(),
-            supports_tools: true,
-            variable_dimensions: false,
-        }
+        chat_model(id, provider, Residency::Local, fallbacks)
     }
 
     #[test]

@@ -648,20 +648,7 @@ mod tests {
     use crate::registry::{ModelConfig, ProviderConfig};
 
     fn model(id: &str, residency: Residency, fallbacks: &[&str]) -> ModelConfig {
-        ModelConfig {
-            id: id.into(),
-            provider: "up".into(),
-            upstream_model: None,
-            kind: ModelKind::Chat,
-            residency,
-            languages: vec![],
-            price_per_1k_input: 0.0,
-            price_per_1k_output: 0.0,
-            context_length: 4096,
-            fallbacks: fallbacks.iter().map(|s| (*s).to_owned()).collect(),
-            supports_tools: true,
-            variable_dimensions: false,
-        }
+        crate::registry::chat_model(id, "up", residency, fallbacks)
     }
 
     /// `abroad` (external, the default) falls back to `home` (local); `home2` is local too.

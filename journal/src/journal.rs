@@ -376,10 +376,27 @@ impl Journal {
         &self,
         events: Vec<NewEvent>,
     ) -> Result<oneshot::Receiver<Result<Vec<Receipt>>>> {
+        self.submit(events, false)
+    }
+
+    /// [`Journal::submit_sequenced`], but the receiver resolves once the events are durable,
+    /// and their flush starts at once rather than after [`Options::flush_delay`].
+    pub fn submit_durable(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<oneshot::Receiver<Result<Vec<Receipt>>>> {
+        self.submit(events, true)
+    }
+
+    fn submit(
+        &self,
+        events: Vec<NewEvent>,
+        durable: bool,
+    ) -> Result<oneshot::Receiver<Result<Vec<Receipt>>>> {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Append {
             events,
-            durable: false,
+            durable,
             reply,
         })?;
         Ok(rx)

@@ -278,6 +278,7 @@ impl Bus {
         stages: &[Arc<dyn RequestStage>],
     ) -> Result<Submitted> {
         let mut outputs = Vec::new();
+        let mut refused = false;
         for stage in stages {
             let mine = stage
                 .evaluate(&event, &outputs, &attachment)
@@ -285,7 +286,7 @@ impl Bus {
                     stage: stage.name().to_owned(),
                     reason,
                 })?;
-            let refused = mine.iter().any(|e| e.kind == RequestRejected::KIND);
+            refused = mine.iter().any(|e| e.kind == RequestRejected::KIND);
             outputs.extend(
                 mine.into_iter()
                     .enumerate()
@@ -303,7 +304,14 @@ impl Bus {
         group.push(event);
         group.extend(outputs);
         let events = group.clone();
-        match self.journal.submit_sequenced(group) {
+        // A refusal is answered as soon as it is durable, so its flush starts at once; a group
+        // that goes on to a model shares the flush of its outcome.
+        let submitted = if refused {
+            self.journal.submit_durable(group)
+        } else {
+            self.journal.submit_sequenced(group)
+        };
+        match submitted {
             Ok(receipts) => Ok(Submitted {
                 events,
                 receipts,
@@ -334,8 +342,9 @@ impl Submitted {
         &self.events
     }
 
-    /// Resolves once the group is sequenced, with one receipt per event. When the journal
-    /// refuses the group, the request's attachment is dropped.
+    /// Resolves once the group is sequenced (durable, for a group that ends in a refusal), with
+    /// one receipt per event. When the journal refuses the group, the request's attachment is
+    /// dropped.
     pub async fn sequenced(self) -> Result<Vec<Receipt>> {
         let result = match self.receipts.await {
             Ok(r) => r.map_err(Error::from),

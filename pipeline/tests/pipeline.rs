@@ -453,7 +453,12 @@ async fn a_request_stage_that_fails_leaves_nothing_in_the_journal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_that_refuses_ends_the_group_and_later_stages_do_not_run() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open_dir(dir.path(), opts()).unwrap();
+    // Flushes nobody waits for are held back for a minute: only a durable group is durable now.
+    let held_back = Options {
+        flush_delay: Duration::from_secs(60),
+        ..opts()
+    };
+    let journal = Journal::open_dir(dir.path(), held_back).unwrap();
     let bus = Bus::new(journal.clone());
     let entries = bus
         .publish_request(
@@ -470,6 +475,10 @@ async fn a_stage_that_refuses_ends_the_group_and_later_stages_do_not_run() {
         "the router did not run after the refusal"
     );
     assert_eq!(entries[1].seq, entries[0].seq + 1);
+    assert!(
+        journal.durable_len() > entries[1].seq,
+        "a refused group is appended durably, so its answer need not wait for a later flush"
+    );
     let r: RequestRejected = entries[1].event.payload_as().unwrap();
     assert_eq!((r.status, r.code.as_str()), (451, "sovereignty_violation"));
     assert_eq!(entries[1].event.request_id.as_deref(), Some("req-b"));

@@ -361,13 +361,6 @@ async fn handle(
         )
         .await;
     }
-    if !principal.scope.permits(&model) {
-        let err = ApiError::Forbidden {
-            code: isnad_inference::stages::MODEL_NOT_PERMITTED,
-            message: format!("these credentials may not use the model `{model}`"),
-        };
-        return reject(&gw, &trace, &actor, endpoint, err).await;
-    }
     if let Err(e) = check_capabilities(&gw.registry, &model, &v) {
         return reject(&gw, &trace, &actor, endpoint, e).await;
     }
@@ -444,8 +437,8 @@ async fn handle(
     if let Some(first) = receipts.first() {
         trace.audit = Some(format!("{}:{}", first.seq, hex::encode(first.hash)));
     }
-    if let (Some(refusal), Some(last)) = (refusal, receipts.last()) {
-        return refused(&gw, &trace, &refusal, last.seq).await;
+    if let Some(refusal) = refusal {
+        return refused(&trace, &refusal);
     }
     if let Err(e) = dispatched {
         tracing::error!(request_id = %trace.request_id, error = %e, "request not dispatched");
@@ -489,16 +482,13 @@ async fn handle(
     resp
 }
 
-/// A request-path stage refused the request (journaled in its group): wait for the refusal to
-/// be durable, then answer with it.
-async fn refused(gw: &Gateway, trace: &Trace, refusal: &NewEvent, seq: u64) -> Response {
+/// A request-path stage refused the request, and its group (the refusal included) is durable:
+/// a refused group's receipts only arrive once it is.
+fn refused(trace: &Trace, refusal: &NewEvent) -> Response {
     let err = match refusal.payload_as::<RequestRejected>() {
         Ok(r) => ApiError::from_refusal(&r),
         Err(e) => ApiError::Internal(e.to_string()),
     };
-    if gw.bus.journal().wait_durable(seq).await.is_err() {
-        return ApiError::Unavailable.into_response();
-    }
     let mut resp = err.into_response();
     trace.apply(resp.headers_mut());
     resp

@@ -12,7 +12,7 @@
 //!
 //! - [`RequestStage`]: a policy step on the request path (guardrail, router). It runs in the
 //!   request's own task, in order, and its events are appended together with the request's as
-//!   one group ([`Bus::publish_request`]).
+//!   one group ([`Bus::submit_request`]).
 //!
 //! Stages see events as soon as they are sequenced (in memory). Stages whose effects leave the
 //! process (webhooks) ask for [`Watermark::Durable`] instead.
@@ -100,7 +100,7 @@ pub trait Stage: Send + 'static {
 }
 
 /// A policy step on the request path (guardrail, router): evaluated in the request's own task
-/// before anything is journaled, in the order given to [`Bus::publish_request`].
+/// before anything is journaled, in the order given to [`Bus::submit_request`].
 pub trait RequestStage: Send + Sync + 'static {
     /// Stable name; output event ids are derived from it.
     fn name(&self) -> &str;
@@ -246,29 +246,13 @@ impl Bus {
         receipts.pop().ok_or(Error::Closed)
     }
 
-    /// Publishes a request: keeps its attachment, runs the request-path `stages` in order, and
-    /// appends the request's event followed by every stage's events as one group (sequenced,
-    /// consecutive, all or none). Returns the appended entries in order, the request's first.
+    /// Submits a request: keeps its attachment, runs the request-path `stages` in order, and
+    /// queues the request's event followed by every stage's events as one group (consecutive,
+    /// all or none). Returns the group's events at once, so the caller can act on the decisions
+    /// (call the chosen model) while the journal seals the group.
     ///
     /// A stage that refuses the request emits `request.rejected`; the stages after it do not
-    /// run, and the refusal ends the group.
-    pub async fn publish_request(
-        &self,
-        event: NewEvent,
-        attachment: Attachment,
-        stages: &[Arc<dyn RequestStage>],
-    ) -> Result<Vec<Arc<Entry>>> {
-        let submitted = self.submit_request(event, attachment, stages)?;
-        let receipts = submitted.sequenced().await?;
-        receipts
-            .iter()
-            .map(|r| self.journal.entry(r.seq)?.ok_or(Error::Closed))
-            .collect()
-    }
-
-    /// [`Bus::publish_request`] without waiting: evaluates the stages, queues the group to the
-    /// journal and returns its events at once, so the caller can act on the decisions (call the
-    /// chosen model) while the journal seals the group. Anything the caller appends afterwards
+    /// run, and the refusal ends the group. Anything the caller appends afterwards
     /// is sequenced after the group; nothing should be acknowledged outside before
     /// [`Submitted::sequenced`] and the durability of what follows.
     pub fn submit_request(

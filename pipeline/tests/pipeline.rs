@@ -340,6 +340,23 @@ impl RequestStage for InlineRouter {
     }
 }
 
+/// Submits a request through `stages` and returns its group as the journal stored it.
+async fn publish(
+    bus: &Bus,
+    event: NewEvent,
+    prompt: &str,
+    stages: &[Arc<dyn RequestStage>],
+) -> Result<Vec<Arc<Entry>>, isnad_pipeline::Error> {
+    let receipts = bus
+        .submit_request(event, Arc::new(Prompt(prompt.to_owned())), stages)?
+        .sequenced()
+        .await?;
+    Ok(receipts
+        .iter()
+        .map(|r| bus.journal().entry(r.seq).unwrap().unwrap())
+        .collect())
+}
+
 fn inline_stages() -> Vec<Arc<dyn RequestStage>> {
     vec![Arc::new(InlineGuard), Arc::new(InlineRouter)]
 }
@@ -360,12 +377,7 @@ async fn request_stages_append_with_the_request_as_one_group() {
             } else {
                 format!("hello {i}")
             };
-            let entries = bus
-                .publish_request(
-                    request(&format!("req-{i}")),
-                    Arc::new(Prompt(prompt)),
-                    &stages,
-                )
+            let entries = publish(&bus, request(&format!("req-{i}")), &prompt, &stages)
                 .await
                 .unwrap();
             (i, entries)
@@ -425,12 +437,7 @@ async fn a_request_stage_that_fails_leaves_nothing_in_the_journal() {
     let journal = Journal::open_dir(dir.path(), opts()).unwrap();
     let bus = Bus::new(journal.clone());
     let before = journal.len();
-    let err = bus
-        .publish_request(
-            request("req-x"),
-            Arc::new(Prompt("refuse me".into())),
-            &inline_stages(),
-        )
+    let err = publish(&bus, request("req-x"), "refuse me", &inline_stages())
         .await
         .unwrap_err();
     assert!(
@@ -460,12 +467,7 @@ async fn a_stage_that_refuses_ends_the_group_and_later_stages_do_not_run() {
     };
     let journal = Journal::open_dir(dir.path(), held_back).unwrap();
     let bus = Bus::new(journal.clone());
-    let entries = bus
-        .publish_request(
-            request("req-b"),
-            Arc::new(Prompt("block me".into())),
-            &inline_stages(),
-        )
+    let entries = publish(&bus, request("req-b"), "block me", &inline_stages())
         .await
         .unwrap();
     let kinds: Vec<&str> = entries.iter().map(|e| e.event.kind.as_str()).collect();

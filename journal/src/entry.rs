@@ -1,6 +1,6 @@
 //! One journal entry: the event's canonical bytes, its chained hash and its signature.
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey};
+use ed25519_dalek::{Signer as _, SigningKey};
 use isnad_schemas::{sha256_tagged, Event};
 
 use crate::merkle::{leaf_hash, Hash};
@@ -10,6 +10,10 @@ pub const ENTRY_TAG: &[u8] = b"isnad/journal/entry/v1\0";
 
 /// Hash of the entry before seq 0.
 pub const GENESIS: Hash = [0u8; 32];
+
+/// The signature slot of an entry that is not signed itself: the signature on the last entry of
+/// its batch covers it through the hash chain (see [`crate::verify`]).
+pub const UNSIGNED: [u8; 64] = [0u8; 64];
 
 /// Length of the fixed prefix (hash and signature) of a stored entry.
 pub const STORED_PREFIX: usize = 32 + 64;
@@ -26,7 +30,8 @@ pub struct Entry {
     pub seq: u64,
     /// Chained entry hash.
     pub hash: Hash,
-    /// Ed25519 signature of `hash` by the node key.
+    /// Ed25519 signature of `hash` by the node key, or [`UNSIGNED`] for an entry that the
+    /// signature of a later entry in its batch covers.
     pub sig: [u8; 64],
     /// Canonical event bytes (what `hash` covers).
     pub canonical: Vec<u8>,
@@ -42,15 +47,15 @@ impl Entry {
         Ok(e)
     }
 
-    /// Chains `event` after `prev` without signing it yet (the signature is all zeros until
-    /// [`Entry::sign`]): the sequencer chains a batch in order, then signs it in parallel.
+    /// Chains `event` after `prev` without signing it ([`UNSIGNED`] until [`Entry::sign`]): the
+    /// sequencer chains a batch in order, then signs its last entry.
     pub fn chain(event: Event, prev: &Hash) -> isnad_schemas::Result<Self> {
         let canonical = event.canonical_bytes()?;
         let hash = entry_hash(event.seq, prev, &canonical);
         Ok(Self {
             seq: event.seq,
             hash,
-            sig: [0u8; 64],
+            sig: UNSIGNED,
             canonical,
             event,
         })
@@ -95,9 +100,9 @@ impl Entry {
         leaf_hash(&self.hash)
     }
 
-    /// The signature as a dalek type.
-    pub fn signature(&self) -> Signature {
-        Signature::from_bytes(&self.sig)
+    /// Whether this entry carries its own signature (otherwise a later one covers it).
+    pub fn is_signed(&self) -> bool {
+        self.sig != UNSIGNED
     }
 }
 

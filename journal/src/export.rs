@@ -1,11 +1,13 @@
 //! Offline auditing: verifying a data directory, exporting the log as self-contained JSONL, and
 //! verifying such an export with nothing but the file (and, ideally, a pinned key).
 //!
-//! Export format `isnad-journal-export/1`, one JSON object per line:
+//! Export format `isnad-journal-export/2`, one JSON object per line:
 //!
 //! 1. a header: `{"format", "origin", "public_key", "verifier_key", "entries"}`;
 //! 2. one line per entry, in order: `{"seq", "hash", "sig", "event", "view"}` where `event` is the
-//!    base64 canonical bytes (what is hashed and signed) and `view` the JSON rendering of them;
+//!    base64 canonical bytes (what is hashed) and `view` the JSON rendering of them. `sig` is the
+//!    base64 signature of `hash`, or `null` on an entry that the next signed entry (the last of
+//!    its batch) covers through the chain; format 1, where every entry was signed, still verifies;
 //! 3. after the entry that completes a checkpointed size, `{"checkpoint_size", "note"}`.
 //!
 //! Every entry line must be byte-for-byte the line this module renders from its canonical bytes,
@@ -20,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     checkpoint::{verifier_key, Checkpoint},
-    entry::Entry,
+    entry::{Entry, UNSIGNED},
     keys::parse_public_key,
     store::LogStore,
     verify::{ChainVerifier, Problem, Summary},
@@ -28,7 +30,10 @@ use crate::{
 };
 
 /// Format name in the export header.
-pub const EXPORT_FORMAT: &str = "isnad-journal-export/1";
+pub const EXPORT_FORMAT: &str = "isnad-journal-export/2";
+
+/// The earlier format, every entry signed, which [`verify_export`] still reads.
+pub const EXPORT_FORMAT_1: &str = "isnad-journal-export/1";
 
 /// Header line of an export.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -51,7 +56,7 @@ pub struct ExportHeader {
 struct EntryLine {
     seq: u64,
     hash: String,
-    sig: String,
+    sig: Option<String>,
     event: String,
     view: EventJson,
 }
@@ -60,7 +65,10 @@ impl EntryLine {
     /// The stored form (hash ‖ signature ‖ canonical bytes) the line carries.
     fn stored(&self) -> Result<Vec<u8>, String> {
         let hash = hex::decode(&self.hash).map_err(|e| format!("hash: {e}"))?;
-        let sig = B64.decode(&self.sig).map_err(|e| format!("sig: {e}"))?;
+        let sig = match &self.sig {
+            Some(sig) => B64.decode(sig).map_err(|e| format!("sig: {e}"))?,
+            None => UNSIGNED.to_vec(),
+        };
         let event = B64.decode(&self.event).map_err(|e| format!("event: {e}"))?;
         if hash.len() != 32 || sig.len() != 64 {
             return Err("hash or signature has the wrong length".into());
@@ -95,7 +103,7 @@ pub fn render_entry(entry: &Entry) -> String {
     let line = EntryLine {
         seq: entry.seq,
         hash: hex::encode(entry.hash),
-        sig: B64.encode(entry.sig),
+        sig: entry.is_signed().then(|| B64.encode(entry.sig)),
         event: B64.encode(&entry.canonical),
         view: entry.event.to_json(),
     };
@@ -239,7 +247,7 @@ pub fn verify_export(
         .map_err(|e| at(0, format!("cannot read header: {e}")))?;
     let header: ExportHeader =
         serde_json::from_str(&header_line).map_err(|e| at(0, format!("bad header: {e}")))?;
-    if header.format != EXPORT_FORMAT {
+    if header.format != EXPORT_FORMAT && header.format != EXPORT_FORMAT_1 {
         return Err(at(0, format!("unknown export format {}", header.format)));
     }
     let key = parse_public_key(&header.public_key).map_err(|e| at(0, format!("header: {e}")))?;
@@ -401,8 +409,9 @@ impl InclusionBundle {
         })
     }
 
-    /// Checks the bundle against the node's public key: the entry's hash and signature, the
-    /// checkpoint's signature, and the audit path to the checkpoint's root.
+    /// Checks the bundle against the node's public key: the entry's hash and its signature when
+    /// it carries one, the checkpoint's signature, and the audit path to the checkpoint's root
+    /// (which vouches for the entry whether or not it is signed itself).
     pub fn verify(&self, key: &VerifyingKey) -> Result<Checkpoint, String> {
         if self.format != PROOF_FORMAT {
             return Err(format!("unknown proof format {}", self.format));
@@ -427,13 +436,19 @@ impl InclusionBundle {
         if hex::encode(hash) != line.hash {
             return Err("entry hash does not match its event, position and previous hash".into());
         }
-        let sig: [u8; 64] = B64
-            .decode(&line.sig)
-            .ok()
-            .and_then(|s| s.try_into().ok())
-            .ok_or("sig is not 64 base64 bytes")?;
-        key.verify_strict(&hash, &ed25519_dalek::Signature::from_bytes(&sig))
-            .map_err(|_| "entry signature does not verify with the node key".to_owned())?;
+        let sig: [u8; 64] = match &line.sig {
+            Some(sig) => {
+                let sig: [u8; 64] = B64
+                    .decode(sig)
+                    .ok()
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or("sig is not 64 base64 bytes")?;
+                key.verify_strict(&hash, &ed25519_dalek::Signature::from_bytes(&sig))
+                    .map_err(|_| "entry signature does not verify with the node key".to_owned())?;
+                sig
+            }
+            None => UNSIGNED,
+        };
         let mut stored = hash.to_vec();
         stored.extend_from_slice(&sig);
         stored.extend_from_slice(&canonical);

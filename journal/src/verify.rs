@@ -1,6 +1,13 @@
 //! Offline verification of a stream of entries: sequence, event decoding, hash chain, time order,
 //! Ed25519 signatures (batched, in parallel) and every checkpoint's root and signature.
 //!
+//! The journal signs the last entry of each sealed batch; the entries before it in the batch
+//! carry an all-zero signature slot ([`crate::entry::UNSIGNED`]). A signature over an entry's
+//! chained hash vouches for that entry and, through the chain, for every entry before it, so the
+//! verifier requires that every entry be followed (or itself be) a signed entry or the size of a
+//! verified checkpoint. A signature that fails is reported at the first entry it covers: any
+//! entry from there to the signed one may be the altered one.
+//!
 //! The same verifier checks a data directory, an export file and, on open, the tail of the log
 //! since its last checkpoint. It always names the first bad sequence number.
 
@@ -11,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::{
     checkpoint::Checkpoint,
-    entry::{entry_hash, split_stored, Entry, GENESIS},
+    entry::{entry_hash, split_stored, Entry, GENESIS, UNSIGNED},
     merkle::{leaf_hash, CompactTree, Hash},
 };
 
@@ -53,7 +60,10 @@ pub struct ChainVerifier {
     tree: Option<CompactTree>,
     checkpoints: BTreeMap<u64, String>,
     verified_checkpoints: u64,
-    pending: Vec<(u64, Hash, [u8; 64])>,
+    /// Signatures not yet checked: (first seq it covers, its seq, hash, signature).
+    pending: Vec<(u64, u64, Hash, [u8; 64])>,
+    /// The first entry not yet covered by a signature or a verified checkpoint.
+    uncovered_from: Option<u64>,
     /// A problem found while the signatures before it were not yet checked.
     deferred: Option<Problem>,
 }
@@ -71,6 +81,7 @@ impl ChainVerifier {
             checkpoints: checkpoints.into_iter().collect(),
             verified_checkpoints: 0,
             pending: Vec::new(),
+            uncovered_from: None,
             deferred: None,
         }
     }
@@ -133,7 +144,12 @@ impl ChainVerifier {
             Ok(v) => v,
             Err(reason) => return self.defer(fail(reason)),
         };
-        self.pending.push((seq, hash, sig));
+        if sig == UNSIGNED {
+            self.uncovered_from.get_or_insert(seq);
+        } else {
+            let from = self.uncovered_from.take().unwrap_or(seq);
+            self.pending.push((from, seq, hash, sig));
+        }
         self.prev = hash;
         self.last_ts = ts;
         self.next += 1;
@@ -183,6 +199,8 @@ impl ChainVerifier {
         };
         match verdict {
             Ok(()) => {
+                // The signed root commits to every entry hash so far.
+                self.uncovered_from = None;
                 self.verified_checkpoints += 1;
                 Ok(())
             }
@@ -212,10 +230,10 @@ impl ChainVerifier {
         let bad = pending
             .par_chunks(256)
             .filter_map(|chunk| {
-                let msgs: Vec<&[u8]> = chunk.iter().map(|(_, h, _)| h.as_slice()).collect();
+                let msgs: Vec<&[u8]> = chunk.iter().map(|(_, _, h, _)| h.as_slice()).collect();
                 let sigs: Vec<Signature> = chunk
                     .iter()
-                    .map(|(_, _, s)| Signature::from_bytes(s))
+                    .map(|(_, _, _, s)| Signature::from_bytes(s))
                     .collect();
                 let keys = vec![key; chunk.len()];
                 if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
@@ -224,16 +242,21 @@ impl ChainVerifier {
                 // Find the first culprit one by one.
                 chunk
                     .iter()
-                    .find(|(_, h, s)| key.verify_strict(h, &Signature::from_bytes(s)).is_err())
-                    .map(|(seq, _, _)| *seq)
+                    .find(|(_, _, h, s)| key.verify_strict(h, &Signature::from_bytes(s)).is_err())
+                    .map(|(from, seq, _, _)| (*from, *seq))
             })
             .min();
         match bad {
-            Some(seq) => {
-                let p = Problem {
-                    seq,
-                    reason: "signature does not verify with the node key".into(),
+            Some((from, seq)) => {
+                let reason = if from == seq {
+                    "signature does not verify with the node key".to_owned()
+                } else {
+                    format!(
+                        "the signature at seq {seq}, which covers seqs {from} to {seq}, does not \
+                         verify with the node key"
+                    )
                 };
+                let p = Problem { seq: from, reason };
                 self.deferred = Some(p.clone());
                 Err(p)
             }
@@ -241,8 +264,8 @@ impl ChainVerifier {
         }
     }
 
-    /// Ends the stream: checks pending signatures and that no checkpoint claims more entries than
-    /// were seen.
+    /// Ends the stream: checks pending signatures, that no checkpoint claims more entries than
+    /// were seen, and that a signature or a checkpoint covers the last entries.
     pub fn finish(mut self) -> Result<Summary, Problem> {
         if self.deferred.is_some() {
             return Err(self.fail());
@@ -254,6 +277,16 @@ impl ChainVerifier {
                 reason: format!(
                     "log ends at {} entries but a checkpoint was signed at size {size}: entries were removed",
                     self.next
+                ),
+            });
+        }
+        if let Some(from) = self.uncovered_from {
+            return Err(Problem {
+                seq: from,
+                reason: format!(
+                    "entries from seq {from} to the end ({}) are covered by no signature: the log \
+                     ends inside a signed batch (entries removed, or a signature stripped)",
+                    self.next - 1
                 ),
             });
         }

@@ -3,6 +3,9 @@
 //!
 //! The attacker has write access to the files but not the node key: they flip bytes, delete,
 //! duplicate and reorder entries, and re-sign with a key of their own.
+//!
+//! The journal signs the last entry of each batch, so a bad signature can only be pinned to the
+//! range it covers: what it reports then is the first entry of that batch.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -78,12 +81,35 @@ fn verify_dir(dir: &Path) -> Result<u64, Problem> {
         .map(|s| s.entries)
 }
 
+/// For each seq, the first seq of its batch: the first entry that the signature covering it
+/// covers. Also checks that the log has batches of several entries and signs only their last.
+fn batch_starts(dir: &Path) -> Vec<u64> {
+    let store = SledStore::open(&dir.join("journal")).unwrap();
+    let mut starts = Vec::new();
+    let mut start = 0;
+    let mut unsigned = 0;
+    isnad_journal::LogStore::scan(&store, 0, ENTRIES, &mut |seq, bytes| {
+        starts.push(start);
+        if split_stored(bytes).unwrap().1 == isnad_journal::entry::UNSIGNED {
+            unsigned += 1;
+        } else {
+            start = seq + 1;
+        }
+        true
+    })
+    .unwrap();
+    assert_eq!(starts.len() as u64, ENTRIES);
+    assert_eq!(start, ENTRIES, "the last entry is signed");
+    assert!(unsigned > ENTRIES / 3, "only {unsigned} entries unsigned");
+    starts
+}
+
 fn attacker() -> SigningKey {
     SigningKey::from_bytes(&[0xa7; 32])
 }
 
 /// Applies one random mutation to the sled database and returns (description, first bad seq).
-fn mutate_store(db: &sled::Db, rng: &mut Rng) -> (String, u64) {
+fn mutate_store(db: &sled::Db, rng: &mut Rng, starts: &[u64]) -> (String, u64) {
     let key = SledStore::entry_key;
     let get = |seq: u64| db.get(key(seq)).unwrap().unwrap().to_vec();
     match rng.below(6) {
@@ -93,7 +119,12 @@ fn mutate_store(db: &sled::Db, rng: &mut Rng) -> (String, u64) {
             let at = rng.below(v.len() as u64) as usize;
             v[at] ^= 1 << rng.below(8);
             db.insert(key(seq), v).unwrap();
-            (format!("flip byte {at} of seq {seq}"), seq)
+            let first_bad = if (32..96).contains(&at) {
+                starts[seq as usize]
+            } else {
+                seq
+            };
+            (format!("flip byte {at} of seq {seq}"), first_bad)
         }
         1 => {
             let seq = rng.below(ENTRIES);
@@ -103,7 +134,11 @@ fn mutate_store(db: &sled::Db, rng: &mut Rng) -> (String, u64) {
         2 => {
             let (src, dst) = (rng.below(ENTRIES), rng.below(ENTRIES));
             if src == dst {
+                // Past the end-of-batch marker the copy would be cut on open as a torn batch,
+                // so the attacker moves the marker too.
                 db.insert(key(ENTRIES), get(src)).unwrap();
+                db.insert(SledStore::sealed_key(), &(ENTRIES + 1).to_be_bytes())
+                    .unwrap();
                 (format!("append a copy of seq {src}"), ENTRIES)
             } else {
                 db.insert(key(dst), get(src)).unwrap();
@@ -124,12 +159,16 @@ fn mutate_store(db: &sled::Db, rng: &mut Rng) -> (String, u64) {
             let (hash, _, _) = split_stored(&v).unwrap();
             v[32..96].copy_from_slice(&attacker().sign(&hash).to_bytes());
             db.insert(key(seq), v).unwrap();
-            (format!("re-sign seq {seq} with another key"), seq)
+            (
+                format!("re-sign seq {seq} with another key"),
+                starts[seq as usize],
+            )
         }
         _ => {
             // Rewrite history from `seq` on: new payload byte, a consistent new hash chain, all
             // re-signed with the attacker's key.
             let seq = rng.below(ENTRIES);
+            let mut first_bad = starts[seq as usize];
             let mut prev = if seq == 0 {
                 [0u8; 32]
             } else {
@@ -142,6 +181,11 @@ fn mutate_store(db: &sled::Db, rng: &mut Rng) -> (String, u64) {
                 if s == seq {
                     let n = canonical.len();
                     canonical[n - 2] ^= 0x01;
+                    // An edit that no longer decodes is caught at its own seq, before any
+                    // signature is looked at.
+                    if isnad_schemas::Event::from_canonical(&canonical).is_err() {
+                        first_bad = seq;
+                    }
                 }
                 let hash = isnad_journal::entry::entry_hash(s, &prev, &canonical);
                 let mut nv = hash.to_vec();
@@ -150,7 +194,10 @@ fn mutate_store(db: &sled::Db, rng: &mut Rng) -> (String, u64) {
                 db.insert(key(s), nv).unwrap();
                 prev = hash;
             }
-            (format!("rewrite and re-sign history from seq {seq}"), seq)
+            (
+                format!("rewrite and re-sign history from seq {seq}"),
+                first_bad,
+            )
         }
     }
 }
@@ -159,13 +206,14 @@ fn mutate_store(db: &sled::Db, rng: &mut Rng) -> (String, u64) {
 fn every_data_directory_mutation_is_caught_at_the_right_seq() {
     let base = pristine();
     assert_eq!(verify_dir(base.path()), Ok(ENTRIES));
+    let starts = batch_starts(base.path());
     let mut rng = Rng::from_clock("tamper test");
     for i in 0..MUTATIONS {
         let work = tempfile::tempdir().unwrap();
         copy_dir(base.path(), work.path());
         let (what, expected) = {
             let db = sled::open(work.path().join("journal")).unwrap();
-            let m = mutate_store(&db, &mut rng);
+            let m = mutate_store(&db, &mut rng, &starts);
             db.flush().unwrap();
             m
         };
@@ -242,6 +290,7 @@ fn verify_lines(lines: &[Vec<u8>]) -> Result<u64, Problem> {
 #[test]
 fn every_export_mutation_is_caught_at_the_right_seq() {
     let base = pristine();
+    let starts = batch_starts(base.path());
     let lines = export_lines(base.path());
     let lines: Vec<Vec<u8>> = lines.into_iter().map(String::into_bytes).collect();
     assert_eq!(verify_lines(&lines), Ok(ENTRIES));
@@ -262,7 +311,20 @@ fn every_export_mutation_is_caught_at_the_right_seq() {
             0 => {
                 let b = rng.below(m[at].len() as u64) as usize;
                 m[at][b] ^= 1 << rng.below(8);
-                (format!("flip byte {b} of seq {seq}'s line"), seq)
+                // A flip that leaves a well-formed signature of another value is caught by the
+                // signature check; any other flip by the line's own checks.
+                let sig_of = |line: &[u8]| {
+                    serde_json::from_slice::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v["sig"].as_str().map(str::to_owned))
+                        .and_then(|s| B64.decode(s).ok())
+                        .filter(|s| s.len() == 64)
+                };
+                let first_bad = match sig_of(&m[at]) {
+                    Some(sig) if Some(&sig) != sig_of(&lines[at]).as_ref() => starts[seq as usize],
+                    _ => seq,
+                };
+                (format!("flip byte {b} of seq {seq}'s line"), first_bad)
             }
             1 => {
                 m.remove(at);
@@ -285,11 +347,24 @@ fn every_export_mutation_is_caught_at_the_right_seq() {
                 }
             }
             4 => {
-                let mut v: serde_json::Value = serde_json::from_slice(&m[at]).unwrap();
+                // Replace the signature in place, so that the line stays in canonical form.
+                let v: serde_json::Value = serde_json::from_slice(&m[at]).unwrap();
                 let hash: Vec<u8> = hex::decode(v["hash"].as_str().unwrap()).unwrap();
-                v["sig"] = B64.encode(attacker().sign(&hash).to_bytes()).into();
-                m[at] = serde_json::to_vec(&v).unwrap();
-                (format!("re-sign seq {seq} with another key"), seq)
+                let forged = format!(
+                    "\"sig\":\"{}\"",
+                    B64.encode(attacker().sign(&hash).to_bytes())
+                );
+                let old = match v["sig"].as_str() {
+                    Some(sig) => format!("\"sig\":\"{sig}\""),
+                    None => "\"sig\":null".to_owned(),
+                };
+                let line = String::from_utf8(m[at].clone()).unwrap();
+                assert!(line.contains(&old), "{line}");
+                m[at] = line.replacen(&old, &forged, 1).into_bytes();
+                (
+                    format!("re-sign seq {seq} with another key"),
+                    starts[seq as usize],
+                )
             }
             _ => {
                 // Edit only the human-readable view, leaving the signed bytes alone.
@@ -348,4 +423,40 @@ fn export_with_a_tampered_checkpoint_line_is_refused() {
     )
     .unwrap_err();
     assert_eq!(p.seq, 0);
+}
+
+#[test]
+fn an_export_that_ends_inside_a_batch_is_refused_at_the_batch_start() {
+    let base = pristine();
+    let starts = batch_starts(base.path());
+    let lines = export_lines(base.path());
+    let entry_lines = |upto: u64| -> Vec<Vec<u8>> {
+        // Header announcing `upto` entries, then the first `upto` entry lines and the checkpoint
+        // lines among them.
+        let mut header: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        header["entries"] = upto.into();
+        let mut out = vec![serde_json::to_vec(&header).unwrap()];
+        let mut seen = 0;
+        for l in &lines[1..] {
+            if l.starts_with("{\"seq\"") {
+                if seen == upto {
+                    break;
+                }
+                seen += 1;
+            }
+            out.push(l.clone().into_bytes());
+        }
+        out
+    };
+    // Cut after an entry that its batch's signature, now missing, was to cover.
+    let unsigned = (1..ENTRIES - 1)
+        .rev()
+        .find(|&s| starts[s as usize + 1] == starts[s as usize])
+        .unwrap();
+    let p = verify_lines(&entry_lines(unsigned + 1)).unwrap_err();
+    assert_eq!(p.seq, starts[unsigned as usize], "{p}");
+    assert!(p.reason.contains("covered by no signature"), "{p}");
+    // Cut at the end of a batch: a shorter log, all of it signed.
+    let batch_end = starts[unsigned as usize];
+    assert_eq!(verify_lines(&entry_lines(batch_end)), Ok(batch_end));
 }

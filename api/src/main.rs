@@ -7,7 +7,8 @@ use isnad_api::{config::Config, journal_cli};
 
 /// mimalloc instead of the system allocator: the request path allocates and frees many small
 /// buffers across threads, where glibc's allocator spent about a fifth of the gateway's CPU
-/// (benches/RESULTS.md).
+/// (benches/RESULTS.md). Built without transparent huge pages (feature `no_thp`): with them, a
+/// page fault could stall for milliseconds compacting memory, which tripled the p99.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

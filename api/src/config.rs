@@ -94,7 +94,7 @@ impl Default for JournalConfig {
             origin: None,
             checkpoint_every: 1024,
             checkpoint_interval_ms: 1000,
-            cache_mb: 24,
+            cache_mb: 12,
         }
     }
 }

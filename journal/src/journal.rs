@@ -77,7 +77,7 @@ impl Default for Options {
             checkpoint_interval: Duration::from_millis(1000),
             ring_capacity: 4_096,
             max_batch: 8192,
-            cache_bytes: 24 * 1024 * 1024,
+            cache_bytes: 12 * 1024 * 1024,
             flush_delay: Duration::from_millis(2),
         }
     }

@@ -35,7 +35,7 @@ use crate::{
     checkpoint::{verifier_key, Checkpoint},
     entry::{split_stored, Entry, GENESIS},
     keys::NodeKey,
-    merkle::{leaf_hash, Hash, MerkleTree},
+    merkle::{leaf_hash, Hash, LeafSource, MerkleTree, ProofError},
     store::{LogStore, SledStore},
     verify::ChainVerifier,
     Error, Result,
@@ -565,29 +565,24 @@ impl Journal {
     /// Root of the tree of the first `size` durable entries.
     pub fn root(&self, size: u64) -> Result<Hash> {
         self.check_durable(size)?;
-        let shared = self.shared();
-        let src = |a, b| stored_leaves(&*shared.store, a, b);
-        shared
-            .tree
-            .read()
-            .root_with(size, &src)?
+        with_tree(self.shared(), |tree, src| tree.root_with(size, src))?
             .ok_or(Error::Invalid("size beyond log".into()))
     }
 
     /// Inclusion proof of entry `index` in the tree of `size` durable entries.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
         self.check_durable(size)?;
-        let shared = self.shared();
-        let src = |a, b| stored_leaves(&*shared.store, a, b);
-        Ok(shared.tree.read().inclusion_proof_with(index, size, &src)?)
+        with_tree(self.shared(), |tree, src| {
+            tree.inclusion_proof_with(index, size, src)
+        })
     }
 
     /// Consistency proof between trees of `old` and `new` durable entries.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
         self.check_durable(new)?;
-        let shared = self.shared();
-        let src = |a, b| stored_leaves(&*shared.store, a, b);
-        Ok(shared.tree.read().consistency_proof_with(old, new, &src)?)
+        with_tree(self.shared(), |tree, src| {
+            tree.consistency_proof_with(old, new, src)
+        })
     }
 
     fn check_durable(&self, size: u64) -> Result<()> {
@@ -1009,13 +1004,42 @@ fn seal_batch(
 /// reread its entries' hashes from the store (a millisecond or two, warm).
 const TREE_PRUNED_LEVELS: u32 = 10;
 
+/// Runs `f` on the live tree, with the stored leaf hashes of whatever old blocks it needs. The
+/// store is read outside the tree's lock, which the sequencer takes for every batch: `f` runs
+/// under the read lock with the blocks fetched so far, and when it asks for another one, the
+/// lock is let go, the block is read, and `f` runs again. Old blocks never change, and a proof
+/// reaches into at most a few of them.
+fn with_tree<T>(
+    shared: &Shared,
+    f: impl Fn(&MerkleTree, LeafSource<'_>) -> std::result::Result<T, ProofError>,
+) -> Result<T> {
+    let mut fetched: HashMap<(u64, u64), Vec<Hash>> = HashMap::new();
+    loop {
+        let wanted = std::cell::Cell::new(None);
+        let src = |a: u64, b: u64| match fetched.get(&(a, b)) {
+            Some(leaves) => Ok(leaves.clone()),
+            None => {
+                wanted.set(Some((a, b)));
+                Err(ProofError::Unavailable("leaves not fetched yet".into()))
+            }
+        };
+        let result = f(&shared.tree.read(), &src);
+        match wanted.get() {
+            Some((a, b)) => {
+                let leaves = stored_leaves(&*shared.store, a, b)?;
+                fetched.insert((a, b), leaves);
+            }
+            _ => return Ok(result?),
+        }
+    }
+}
+
 /// Leaf hashes `[start, end)` from the store, for what the pruned tree no longer holds.
 fn stored_leaves(
     store: &dyn LogStore,
     start: u64,
     end: u64,
-) -> std::result::Result<Vec<Hash>, crate::merkle::ProofError> {
-    use crate::merkle::ProofError;
+) -> std::result::Result<Vec<Hash>, ProofError> {
     let mut out = Vec::with_capacity((end - start) as usize);
     let mut bad = None;
     store
@@ -1185,11 +1209,7 @@ fn write_checkpoint(
     size: u64,
     flush: bool,
 ) -> Result<Option<(Checkpoint, String)>> {
-    let src = |a, b| stored_leaves(&*shared.store, a, b);
-    let root = shared
-        .tree
-        .read()
-        .root_with(size, &src)?
+    let root = with_tree(shared, |tree, src| tree.root_with(size, src))?
         .ok_or(Error::Invalid("checkpoint beyond tree".into()))?;
     let cp = Checkpoint {
         origin: shared.origin.clone(),

@@ -223,3 +223,123 @@ async fn proofs_verify_with_the_tlog_tiles_crate() {
     }
     j.shutdown().await.unwrap();
 }
+
+/// A store whose range reads wait at a gate once it is armed.
+struct GatedStore {
+    inner: MemStore,
+    armed: std::sync::atomic::AtomicBool,
+    entered: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// Receives (or disconnects) when the gate opens.
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl isnad_journal::LogStore for GatedStore {
+    fn append(
+        &self,
+        entries: &[(u64, Vec<u8>)],
+        ids: &[(isnad_schemas::EventId, u64)],
+    ) -> isnad_journal::Result<()> {
+        self.inner.append(entries, ids)
+    }
+    fn flush(&self) -> isnad_journal::Result<()> {
+        self.inner.flush()
+    }
+    fn get(&self, seq: u64) -> isnad_journal::Result<Option<Vec<u8>>> {
+        self.inner.get(seq)
+    }
+    fn scan(
+        &self,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> isnad_journal::Result<()> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Some(tx) = self.entered.lock().unwrap().take() {
+                tx.send(()).unwrap();
+            }
+            if let Some(gate) = self.gate.lock().unwrap().take() {
+                let _ = gate.recv();
+            }
+        }
+        self.inner.scan(from, to, f)
+    }
+    fn next_seq(&self) -> isnad_journal::Result<u64> {
+        self.inner.next_seq()
+    }
+    fn seq_of(&self, id: &isnad_schemas::EventId) -> isnad_journal::Result<Option<u64>> {
+        self.inner.seq_of(id)
+    }
+    fn put_checkpoint(&self, size: u64, note: &str) -> isnad_journal::Result<()> {
+        self.inner.put_checkpoint(size, note)
+    }
+    fn checkpoints(&self) -> isnad_journal::Result<Vec<(u64, String)>> {
+        self.inner.checkpoints()
+    }
+    fn meta(&self, key: &str) -> isnad_journal::Result<Option<Vec<u8>>> {
+        self.inner.meta(key)
+    }
+    fn set_meta(&self, key: &str, value: &[u8]) -> isnad_journal::Result<()> {
+        self.inner.set_meta(key, value)
+    }
+    fn cursor(&self, name: &str) -> isnad_journal::Result<Option<u64>> {
+        self.inner.cursor(name)
+    }
+    fn set_cursor(&self, name: &str, seq: u64) -> isnad_journal::Result<()> {
+        self.inner.set_cursor(name, seq)
+    }
+}
+
+fn rag_event(i: u32) -> NewEvent {
+    NewEvent::new(&RagQueried {
+        query_hash: format!("sha256:{i:064x}"),
+        top_k: 5,
+        document_ids: vec![format!("doc-{i}")],
+    })
+    .unwrap()
+}
+
+/// A proof into a block that the live tree no longer keeps rereads it from the store; a slow
+/// read must not hold up appends (the sequencer takes the tree's lock for every batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_go_on_while_a_proof_rereads_an_old_block() {
+    let store = std::sync::Arc::new(GatedStore {
+        inner: MemStore::new(),
+        armed: false.into(),
+        entered: std::sync::Mutex::new(None),
+        gate: std::sync::Mutex::new(None),
+    });
+    let key = NodeKey::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
+    let j = Journal::open(store.clone(), key, Options::default()).unwrap();
+    // Four blocks of 1,024 entries: the first two are pruned from the live tree.
+    for chunk in 0..64u32 {
+        j.append((0..64).map(|i| rag_event(chunk * 64 + i)).collect())
+            .await
+            .unwrap();
+    }
+    let size = j.durable_len();
+    assert_eq!(size, 4096);
+    let root = j.root(size).unwrap();
+
+    let (tx, entered) = std::sync::mpsc::channel();
+    *store.entered.lock().unwrap() = Some(tx);
+    let (open, gate) = std::sync::mpsc::channel();
+    *store.gate.lock().unwrap() = Some(gate);
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let prover = {
+        let j = j.clone();
+        std::thread::spawn(move || j.inclusion_proof(5, size))
+    };
+    entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the proof reads the pruned block from the store");
+    // The proof waits in the store; an append goes through meanwhile.
+    tokio::time::timeout(Duration::from_secs(10), j.append_one(rag_event(99_999)))
+        .await
+        .expect("an append completes while a proof reads the store")
+        .unwrap();
+    open.send(()).unwrap();
+    let proof = prover.join().unwrap().unwrap();
+    let leaf = j.entry(5).unwrap().unwrap().leaf();
+    merkle::verify_inclusion(5, size, &leaf, &proof, &root).unwrap();
+    j.shutdown().await.unwrap();
+}

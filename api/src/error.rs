@@ -44,8 +44,8 @@ pub enum ApiError {
         /// Offending parameter.
         param: String,
     },
-    /// 404: unknown model.
-    #[error("the model `{0}` does not exist or you do not have access to it")]
+    /// 404: unknown model (the message, from [`isnad_inference::stages::model_not_found`]).
+    #[error("{0}")]
     ModelNotFound(String),
     /// 413: body over the limit.
     #[error("request body is larger than {0} bytes")]
@@ -87,9 +87,10 @@ impl ApiError {
 
     /// The refusal a request-path stage journaled, as the client sees it.
     pub fn from_refusal(r: &isnad_schemas::RequestRejected) -> Self {
-        use isnad_inference::stages::{MODEL_NOT_PERMITTED, SOVEREIGNTY_VIOLATION};
+        use isnad_inference::stages::{MODEL_NOT_FOUND, MODEL_NOT_PERMITTED, SOVEREIGNTY_VIOLATION};
         match (r.status, r.code.as_str()) {
             (451, SOVEREIGNTY_VIOLATION) => Self::SovereigntyViolation(r.message.clone()),
+            (404, MODEL_NOT_FOUND) => Self::ModelNotFound(r.message.clone()),
             (403, MODEL_NOT_PERMITTED) => Self::Forbidden {
                 code: MODEL_NOT_PERMITTED,
                 message: r.message.clone(),
@@ -106,7 +107,7 @@ impl ApiError {
             Self::Forbidden { code, .. } => (403, code),
             Self::SovereigntyViolation(_) => (451, isnad_inference::stages::SOVEREIGNTY_VIOLATION),
             Self::NotFound(_) => (404, "not_found"),
-            Self::ModelNotFound(_) => (404, "model_not_found"),
+            Self::ModelNotFound(_) => (404, isnad_inference::stages::MODEL_NOT_FOUND),
             Self::Unprocessable { .. } => (422, "unsupported_parameter"),
             Self::PayloadTooLarge(_) => (413, "payload_too_large"),
             Self::Upstream { status, code, .. } => (*status, code),
@@ -171,5 +172,32 @@ impl IntoResponse for ApiError {
         };
         let body = json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } });
         (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isnad_inference::stages::{MODEL_NOT_FOUND, MODEL_NOT_PERMITTED, SOVEREIGNTY_VIOLATION};
+
+    /// What the router journals as `request.rejected` is what the client gets: same status, same
+    /// code, same message.
+    #[test]
+    fn router_refusals_answer_as_journaled() {
+        for (status, code) in [
+            (451, SOVEREIGNTY_VIOLATION),
+            (403, MODEL_NOT_PERMITTED),
+            (404, MODEL_NOT_FOUND),
+        ] {
+            let refusal = isnad_schemas::RequestRejected {
+                endpoint: "/v1/chat/completions".into(),
+                status,
+                code: code.into(),
+                message: format!("refused with {code}"),
+            };
+            let err = ApiError::from_refusal(&refusal);
+            assert_eq!(err.status_and_code(), (status, code));
+            assert_eq!(err.to_string(), refusal.message);
+        }
     }
 }

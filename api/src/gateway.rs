@@ -357,7 +357,7 @@ async fn handle(
             &trace,
             &actor,
             endpoint,
-            ApiError::ModelNotFound(model),
+            ApiError::ModelNotFound(isnad_inference::stages::model_not_found(&model)),
         )
         .await;
     }

@@ -131,6 +131,8 @@ impl Scope {
 
 /// Code of a refusal because the client may not use a model (403).
 pub const MODEL_NOT_PERMITTED: &str = "model_not_permitted";
+/// `request.rejected` code of a request for a model the registry does not have.
+pub const MODEL_NOT_FOUND: &str = "model_not_found";
 /// Code of a refusal because the request's data would leave the boundary (451).
 pub const SOVEREIGNTY_VIOLATION: &str = "sovereignty_violation";
 /// Route policy of a request whose data must stay inside the boundary.
@@ -231,12 +233,12 @@ impl Router {
         let inside = |m: &Model| !local_only || m.config.residency == Residency::Local;
         let policy = |default: &'static str| if local_only { LOCAL_ONLY } else { default };
         if req.requested_model != AUTO_ROUTER {
-            // The handler checked that the model exists, and the registry does not change
-            // underneath.
+            // The gateway's handler refuses unknown models before the pipeline; the router does
+            // not rely on it.
             let model = self.registry.get(&req.requested_model).ok_or((
-                500,
-                "internal_error",
-                format!("no model {}", req.requested_model),
+                404,
+                MODEL_NOT_FOUND,
+                model_not_found(&req.requested_model),
             ))?;
             if !req.scope.permits(&model.config.id) {
                 return Err((403, MODEL_NOT_PERMITTED, not_permitted(&model.config.id)));
@@ -271,6 +273,11 @@ impl Router {
             )),
         }
     }
+}
+
+/// The message of a request for a model the registry does not have.
+pub fn model_not_found(model: &str) -> String {
+    format!("the model `{model}` does not exist or you do not have access to it")
 }
 
 fn not_permitted(model: &str) -> String {
@@ -754,6 +761,14 @@ mod tests {
         assert_eq!(chosen(&ev), owned("home", "local", LOCAL_ONLY));
         let ev = route("home2", Scope::default(), "local_only");
         assert_eq!(chosen(&ev), owned("home2", "local", LOCAL_ONLY));
+    }
+
+    #[test]
+    fn an_unknown_model_is_refused_as_not_found() {
+        let ev = route("nope", Scope::default(), "allow");
+        assert_eq!(refusal(&ev), (404, MODEL_NOT_FOUND.to_owned()));
+        let r: RequestRejected = ev.payload_as().unwrap();
+        assert_eq!(r.message, model_not_found("nope"));
     }
 
     #[test]

@@ -87,7 +87,9 @@ impl ApiError {
 
     /// The refusal a request-path stage journaled, as the client sees it.
     pub fn from_refusal(r: &isnad_schemas::RequestRejected) -> Self {
-        use isnad_inference::stages::{MODEL_NOT_FOUND, MODEL_NOT_PERMITTED, SOVEREIGNTY_VIOLATION};
+        use isnad_inference::stages::{
+            MODEL_NOT_FOUND, MODEL_NOT_PERMITTED, SOVEREIGNTY_VIOLATION,
+        };
         match (r.status, r.code.as_str()) {
             (451, SOVEREIGNTY_VIOLATION) => Self::SovereigntyViolation(r.message.clone()),
             (404, MODEL_NOT_FOUND) => Self::ModelNotFound(r.message.clone()),

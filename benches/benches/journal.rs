@@ -121,7 +121,10 @@ fn verify(c: &mut Criterion) {
     g.throughput(Throughput::Elements(256));
     let chunk = &entries[..256];
     let msgs: Vec<&[u8]> = chunk.iter().map(|e| e.hash.as_slice()).collect();
-    let sigs: Vec<Signature> = chunk.iter().map(|e| Signature::from_bytes(&e.sig)).collect();
+    let sigs: Vec<Signature> = chunk
+        .iter()
+        .map(|e| Signature::from_bytes(&e.sig))
+        .collect();
     let keys = vec![key; 256];
     timed(&mut g, "ed25519_verify_batch_256_one_core", |b| {
         b.iter(|| ed25519_dalek::verify_batch(black_box(&msgs), &sigs, &keys))

@@ -9,7 +9,8 @@
 //! Knobs (environment): `ISNAD_BENCH_SECS` per row; `ISNAD_BENCH_ONLY=closed` or `=json:1000`
 //! (one part only); `ISNAD_BENCH_CONNS` for the closed loop; `ISNAD_BENCH_HOLD_SECS` keeps isnad
 //! loaded after the run for a profiler; `ISNAD_BENCH_KEEP_DATA=DIR` keeps its journal there (entry
-//! timestamps give each step's delay).
+//! timestamps give each step's delay); `ISNAD_BENCH_RSS_EVERY_SECS=N` prints isnad's resident
+//! memory every N seconds of the closed loop.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -334,9 +335,32 @@ fn main() {
         }
         let conns: usize = std::env::var("ISNAD_BENCH_CONNS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
         let (direct_max, de) = closed_loop(&client, &direct, &direct_body(false), conns, secs).await;
+        // `ISNAD_BENCH_RSS_EVERY_SECS=N` samples isnad's resident memory every N seconds of the
+        // closed loop, to see whether it levels off under sustained load.
+        let sampler = std::env::var("ISNAD_BENCH_RSS_EVERY_SECS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|n| *n > 0)
+            .map(|every| {
+                let pid = isnad.child.id();
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    let mut tick = tokio::time::interval(Duration::from_secs(every));
+                    tick.tick().await;
+                    for _ in 0..secs / every {
+                        tick.tick().await;
+                        samples.push(rss_mb(pid));
+                    }
+                    samples
+                })
+            });
         let cpu0 = cpu_secs(isnad.child.id());
         let (gw_max, ge) = closed_loop(&client, &gateway, &body(false), conns, secs).await;
         let cpu = cpu_secs(isnad.child.id()) - cpu0;
+        if let Some(sampler) = sampler {
+            let samples: Vec<String> = sampler.await.unwrap().iter().map(|mb| format!("{mb:.0}")).collect();
+            println!("isnad resident memory during the closed loop, MB: {}", samples.join(", "));
+        }
         peak_rss = peak_rss.max(rss_mb(isnad.child.id()));
         println!();
         println!("closed loop, {conns} concurrent, non-streaming: direct {direct_max:.0} req/s ({de} errors), via isnad {gw_max:.0} req/s ({ge} errors); isnad used {:.2} cores, {:.0} µs of CPU per request", cpu / secs as f64, cpu * 1e6 / (gw_max * secs as f64));

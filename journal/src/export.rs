@@ -431,28 +431,17 @@ impl InclusionBundle {
                 .ok_or_else(|| format!("{what} is not 32 hex bytes"))
         };
         let prev = hex32(&self.prev_hash, "prev_hash")?;
-        let canonical = B64.decode(&line.event).map_err(|e| format!("event: {e}"))?;
-        let hash = crate::entry::entry_hash(self.seq, &prev, &canonical);
-        if hex::encode(hash) != line.hash {
+        let entry = Entry::from_stored(self.seq, &line.stored()?)?;
+        if crate::entry::entry_hash(self.seq, &prev, &entry.canonical) != entry.hash {
             return Err("entry hash does not match its event, position and previous hash".into());
         }
-        let sig: [u8; 64] = match &line.sig {
-            Some(sig) => {
-                let sig: [u8; 64] = B64
-                    .decode(sig)
-                    .ok()
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or("sig is not 64 base64 bytes")?;
-                key.verify_strict(&hash, &ed25519_dalek::Signature::from_bytes(&sig))
-                    .map_err(|_| "entry signature does not verify with the node key".to_owned())?;
-                sig
-            }
-            None => UNSIGNED,
-        };
-        let mut stored = hash.to_vec();
-        stored.extend_from_slice(&sig);
-        stored.extend_from_slice(&canonical);
-        let entry = Entry::from_stored(self.seq, &stored)?;
+        if entry.is_signed() {
+            key.verify_strict(
+                &entry.hash,
+                &ed25519_dalek::Signature::from_bytes(&entry.sig),
+            )
+            .map_err(|_| "entry signature does not verify with the node key".to_owned())?;
+        }
         let rendered: serde_json::Value =
             serde_json::from_str(&render_entry(&entry)).map_err(|e| e.to_string())?;
         if rendered != self.entry {

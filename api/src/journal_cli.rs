@@ -16,16 +16,18 @@ use isnad_journal::{
         export_store, parse_entry_line, tree_of, verify_export, verify_store, InclusionBundle,
     },
     keys::{parse_public_key, PUB_FILE},
+    open_store as open_log_store,
+    store::DEFAULT_CACHE_BYTES,
     store_path,
     verify::{Problem, Summary},
-    Entry, LogStore, SledStore,
+    Entry, LogStore,
 };
 use serde_json::json;
 
 /// Exit code for a verification that found a problem (usage errors exit 2, others 1).
 pub const EXIT_TAMPERED: i32 = 3;
 
-fn open_store(data_dir: &Path) -> anyhow::Result<SledStore> {
+fn open_store(data_dir: &Path) -> anyhow::Result<std::sync::Arc<dyn LogStore>> {
     let path = store_path(data_dir);
     if !path.exists() {
         bail!(
@@ -34,7 +36,8 @@ fn open_store(data_dir: &Path) -> anyhow::Result<SledStore> {
             path.display()
         );
     }
-    SledStore::open(&path).with_context(|| format!("opening the journal in {}", data_dir.display()))
+    open_log_store(data_dir, DEFAULT_CACHE_BYTES)
+        .with_context(|| format!("opening the journal in {}", data_dir.display()))
 }
 
 fn read_key(path: &Path) -> anyhow::Result<VerifyingKey> {
@@ -194,7 +197,7 @@ pub fn prove(
     Ok(0)
 }
 
-fn prove_from_store(store: &SledStore, seq: u64) -> anyhow::Result<InclusionBundle> {
+fn prove_from_store(store: &dyn LogStore, seq: u64) -> anyhow::Result<InclusionBundle> {
     let (key, _) = isnad_journal::export::store_identity(store)?;
     let tree = tree_of(store)?;
     let (size, note) = store

@@ -155,7 +155,7 @@ pub fn verify_store(
     let total = store.next_seq()?;
     let mut v = ChainVerifier::new(recorded, Some(origin), store.checkpoints()?);
     let mut problem = None;
-    store.scan(0, total, &mut |seq, bytes| {
+    let scanned = store.scan(0, total, &mut |seq, bytes| {
         if seq % 8192 == 0 {
             progress(seq, total);
         }
@@ -166,7 +166,14 @@ pub fn verify_store(
                 false
             }
         }
-    })?;
+    });
+    match scanned {
+        // A record the store itself finds damaged (a checksum) is the first bad entry.
+        Err(Error::Corrupt { seq, reason }) if problem.is_none() => {
+            return Ok(Err(Problem { seq, reason }))
+        }
+        other => other?,
+    }
     progress(total, total);
     Ok(match problem {
         Some(p) => Err(p),

@@ -36,6 +36,7 @@ use crate::{
     entry::{split_stored, Entry, GENESIS},
     keys::NodeKey,
     merkle::{leaf_hash, Hash, LeafSource, MerkleTree, ProofError},
+    segments::{SegmentOptions, SegmentStore},
     store::{LogStore, SledStore},
     verify::ChainVerifier,
     Error, Result,
@@ -211,17 +212,32 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// Path of the sled database inside a data directory.
+/// Path of the journal's storage inside a data directory.
 pub fn store_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("journal")
 }
 
+/// Opens the journal's storage in `data_dir`: a [`SegmentStore`], or the [`SledStore`] of a log
+/// written before segment files existed (recognised by sled's `db` file), which stays as it is.
+/// `cache_bytes` is sled's page cache.
+pub fn open_store(data_dir: &Path, cache_bytes: u64) -> Result<Arc<dyn LogStore>> {
+    let path = store_path(data_dir);
+    if path.join("db").is_file() {
+        return Ok(Arc::new(SledStore::open_with_cache(&path, cache_bytes)?));
+    }
+    let opts = SegmentOptions {
+        meta_cache_bytes: cache_bytes,
+        ..SegmentOptions::default()
+    };
+    Ok(Arc::new(SegmentStore::open_with(&path, opts)?))
+}
+
 impl Journal {
-    /// Opens the journal in `data_dir` (sled under `journal/`, node key beside it).
+    /// Opens the journal in `data_dir` ([`open_store`] under `journal/`, node key beside it).
     pub fn open_dir(data_dir: &Path, opts: Options) -> Result<Self> {
         let key = NodeKey::load_or_create(data_dir)?;
-        let store = SledStore::open_with_cache(&store_path(data_dir), opts.cache_bytes)?;
-        Self::open(Arc::new(store), key, opts)
+        let store = open_store(data_dir, opts.cache_bytes)?;
+        Self::open(store, key, opts)
     }
 
     /// Opens a journal over `store`, signing with `key`. Refuses a log written by another key and
@@ -260,7 +276,7 @@ impl Journal {
                 o
             }
         };
-        store.flush()?;
+        store.sync()?;
 
         let (tree, latest, prev, last_ts) = recover(&*store, &public, next)?;
         let shared = Arc::new(Shared {
@@ -1189,7 +1205,7 @@ fn flusher(shared: &Shared, f: &Flushers) {
     }
     if f.running.fetch_sub(1, Ordering::AcqRel) == 1 {
         // A checkpoint written on the busy path waits for the next flush; make it durable now.
-        if let Err(e) = shared.store.flush() {
+        if let Err(e) = shared.store.sync() {
             tracing::error!(error = %e, "final journal flush failed");
         }
         shared.closed.store(true, Ordering::Release);
@@ -1221,7 +1237,7 @@ fn write_checkpoint(
     // On the busy path the note rides along with the next batch's flush; when idle (timer,
     // explicit request, shutdown) it is flushed now.
     if flush {
-        shared.store.flush()?;
+        shared.store.sync()?;
     }
     let latest = Some((cp, note));
     *shared.latest_checkpoint.lock() = latest.clone();

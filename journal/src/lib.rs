@@ -9,23 +9,27 @@
 //!   shutdown; inclusion and consistency proofs.
 //! - Offline verification ([`verify`]) and export ([`export`]) for auditors.
 //!
-//! Storage sits behind [`LogStore`] ([`SledStore`] on disk, [`MemStore`] in memory); both pass the
-//! same conformance suite.
+//! Storage sits behind [`LogStore`]: [`SegmentStore`] on disk (entries in segment files, metadata in
+//! sled), [`SledStore`] for logs written before it, [`MemStore`] in memory; all three pass the same
+//! conformance suite.
 
 pub mod checkpoint;
 pub mod entry;
 mod error;
 pub mod export;
+mod ids;
 mod journal;
 pub mod keys;
 pub mod merkle;
+pub mod segments;
 pub mod store;
 pub mod verify;
 
 pub use checkpoint::Checkpoint;
 pub use entry::Entry;
 pub use error::{Error, Result};
-pub use journal::{store_path, Journal, Options, Receipt, Subscription, Watermark};
+pub use journal::{open_store, store_path, Journal, Options, Receipt, Subscription, Watermark};
 pub use keys::NodeKey;
 pub use merkle::Hash;
+pub use segments::{SegmentOptions, SegmentStore};
 pub use store::{LogStore, MemStore, SledStore};

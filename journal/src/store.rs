@@ -26,8 +26,13 @@ pub trait LogStore: Send + Sync + 'static {
     /// Writes entries (stored form, consecutive seqs) and their id-index rows as a whole: after
     /// a crash, a reopened store holds all of one call's rows or none of them.
     fn append(&self, entries: &[(u64, Vec<u8>)], ids: &[(EventId, u64)]) -> Result<()>;
-    /// Blocks until everything written so far is durable.
+    /// Blocks until every entry appended so far is durable.
     fn flush(&self) -> Result<()>;
+    /// Blocks until everything written so far is durable: entries, checkpoints, metadata and
+    /// cursors. A store may make the last three durable later than [`LogStore::flush`] does.
+    fn sync(&self) -> Result<()> {
+        self.flush()
+    }
     /// The stored entry at `seq`.
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>>;
     /// Calls `f` for entries in `[from, to)` in order until it returns `false`.
@@ -67,67 +72,140 @@ fn be_u64(bytes: &[u8]) -> Result<u64> {
         .map_err(|_| Error::Storage(format!("expected 8 bytes, found {}", bytes.len())))
 }
 
-/// The journal on sled 0.34: one tree, one key space with a one-byte prefix per kind of row.
-/// A batch of entries and their id-index rows is made whole by an end-of-batch marker row (see
-/// `append`), not by a sled batch.
-pub struct SledStore {
+/// Opens the sled database at `path`.
+///
+/// sled releases its file lock from a background thread shortly after the previous handle in
+/// this process is dropped, so a lock conflict is retried for up to two seconds before it is
+/// reported (another process holding the log keeps it for longer than that).
+pub(crate) fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
+    let mut tries = 0;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            // sled's own background flush is not our durability: `flush()` is.
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_conflict(&e) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) if is_lock_conflict(&e) => {
+                return Err(Error::Storage(format!(
+                    "{} is in use by another process (is `isnad serve` running?)",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Checkpoints, metadata and cursors as rows of a sled database, and how to make them durable.
+pub(crate) struct MetaRows {
     db: sled::Db,
     /// sled's log file. `Db::flush` writes with `sync_file_range`, which neither flushes the
     /// disk's write cache nor the file's size; `fdatasync` on this handle after it does.
     data_file: std::fs::File,
 }
 
+impl MetaRows {
+    /// Wraps `db`, the sled database in `dir`.
+    pub(crate) fn new(db: sled::Db, dir: &Path) -> Result<Self> {
+        let data = dir.join("db");
+        let data_file = std::fs::File::open(&data).map_err(|e| Error::io(&data, e))?;
+        // Make the files' creation itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(Self { db, data_file })
+    }
+
+    /// Makes every row written so far durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.db.flush()?;
+        // sled frees replaced pages and sealed IO buffers (512 KiB each) through crossbeam's
+        // epoch collector, one thread-local bag of 64 at a time. A flush seals a buffer from this
+        // thread, which allocates little else, so without this its bag filled slowly and held
+        // dozens of dead buffers: the gateway's resident memory kept rising under load.
+        crossbeam_epoch::pin().flush();
+        self.data_file
+            .sync_data()
+            .map_err(|e| Error::Storage(format!("fdatasync: {e}")))
+    }
+
+    pub(crate) fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
+        self.db
+            .insert(key(CHECKPOINT, &size.to_be_bytes()), note.as_bytes())?;
+        Ok(())
+    }
+
+    pub(crate) fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
+        let mut out = Vec::new();
+        for row in self.db.scan_prefix([CHECKPOINT]) {
+            let (k, v) = row?;
+            let note = String::from_utf8(v.to_vec())
+                .map_err(|_| Error::Storage("checkpoint note is not UTF-8".into()))?;
+            out.push((be_u64(&k[1..])?, note));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(key(META, name.as_bytes()))?.map(|v| v.to_vec()))
+    }
+
+    pub(crate) fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.db.insert(key(META, name.as_bytes()), value)?;
+        Ok(())
+    }
+
+    pub(crate) fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        self.db
+            .get(key(CURSOR, name.as_bytes()))?
+            .map(|v| be_u64(&v))
+            .transpose()
+    }
+
+    pub(crate) fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        self.db
+            .insert(key(CURSOR, name.as_bytes()), &seq.to_be_bytes())?;
+        Ok(())
+    }
+}
+
+/// The journal on sled 0.34, as logs written before [`crate::SegmentStore`] keep it: one tree,
+/// one key space with a one-byte prefix per kind of row. A batch of entries and their id-index
+/// rows is made whole by an end-of-batch marker row (see `append`), not by a sled batch.
+///
+/// Its memory grows with the log (see [`crate::segments`]); new logs are segment files.
+pub struct SledStore {
+    db: sled::Db,
+    rows: MetaRows,
+}
+
 /// sled's page cache for [`SledStore::open`].
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl SledStore {
-    /// Opens (or creates) the sled database at `path`.
-    ///
-    /// sled releases its file lock from a background thread shortly after the previous handle in
-    /// this process is dropped, so a lock conflict is retried for up to two seconds before it is
-    /// reported (another process holding the log keeps it for longer than that).
-    ///
-    /// The page cache is [`DEFAULT_CACHE_BYTES`]: sized for the offline tools, which scan the
-    /// whole log; a server picks its own with [`SledStore::open_with_cache`].
+    /// Opens (or creates) the sled database at `path`, with a page cache of
+    /// [`DEFAULT_CACHE_BYTES`]: sized for the offline tools, which scan the whole log; a server
+    /// picks its own with [`SledStore::open_with_cache`].
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
     }
 
     /// Opens (or creates) the sled database at `path` with a page cache of `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self> {
-        let mut tries = 0;
-        loop {
-            let opened = sled::Config::new()
-                .path(path)
-                .cache_capacity(cache_bytes)
-                // sled's own background flush is not our durability: `flush()` is.
-                .flush_every_ms(None)
-                .open();
-            match opened {
-                Ok(db) => {
-                    let data = path.join("db");
-                    let data_file = std::fs::File::open(&data).map_err(|e| Error::io(&data, e))?;
-                    // Make the files' creation itself durable.
-                    if let Ok(dir) = std::fs::File::open(path) {
-                        let _ = dir.sync_all();
-                    }
-                    let store = Self { db, data_file };
-                    store.cut_torn_batch()?;
-                    return Ok(store);
-                }
-                Err(e) if is_lock_conflict(&e) && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) if is_lock_conflict(&e) => {
-                    return Err(Error::Storage(format!(
-                        "{} is in use by another process (is `isnad serve` running?)",
-                        path.display()
-                    )))
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let db = open_sled(path, cache_bytes)?;
+        let store = Self {
+            rows: MetaRows::new(db.clone(), path)?,
+            db,
+        };
+        store.cut_torn_batch()?;
+        Ok(store)
     }
 
     /// Removes the entries (and their id rows) of a batch that a crash cut short: everything from
@@ -204,16 +282,7 @@ impl LogStore for SledStore {
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        // sled frees replaced pages and sealed IO buffers (512 KiB each) through crossbeam's
-        // epoch collector, one thread-local bag of 64 at a time. A flush seals a buffer from this
-        // thread, which allocates little else, so without this its bag filled slowly and held
-        // dozens of dead buffers: the gateway's resident memory kept rising under load.
-        crossbeam_epoch::pin().flush();
-        self.data_file
-            .sync_data()
-            .map_err(|e| Error::Storage(format!("fdatasync: {e}")))?;
-        Ok(())
+        self.rows.sync()
     }
 
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>> {
@@ -245,42 +314,27 @@ impl LogStore for SledStore {
     }
 
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
-        self.db
-            .insert(key(CHECKPOINT, &size.to_be_bytes()), note.as_bytes())?;
-        Ok(())
+        self.rows.put_checkpoint(size, note)
     }
 
     fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
-        let mut out = Vec::new();
-        for row in self.db.scan_prefix([CHECKPOINT]) {
-            let (k, v) = row?;
-            let note = String::from_utf8(v.to_vec())
-                .map_err(|_| Error::Storage("checkpoint note is not UTF-8".into()))?;
-            out.push((be_u64(&k[1..])?, note));
-        }
-        Ok(out)
+        self.rows.checkpoints()
     }
 
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get(key(META, name.as_bytes()))?.map(|v| v.to_vec()))
+        self.rows.meta(name)
     }
 
     fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
-        self.db.insert(key(META, name.as_bytes()), value)?;
-        Ok(())
+        self.rows.set_meta(name, value)
     }
 
     fn cursor(&self, name: &str) -> Result<Option<u64>> {
-        self.db
-            .get(key(CURSOR, name.as_bytes()))?
-            .map(|v| be_u64(&v))
-            .transpose()
+        self.rows.cursor(name)
     }
 
     fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
-        self.db
-            .insert(key(CURSOR, name.as_bytes()), &seq.to_be_bytes())?;
-        Ok(())
+        self.rows.set_cursor(name, seq)
     }
 }
 
@@ -414,6 +468,9 @@ impl<S: LogStore + ?Sized> LogStore for std::sync::Arc<S> {
     }
     fn flush(&self) -> Result<()> {
         (**self).flush()
+    }
+    fn sync(&self) -> Result<()> {
+        (**self).sync()
     }
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>> {
         (**self).get(seq)

@@ -1,5 +1,5 @@
 //! The journal's conformance suite: every behaviour a stage, the API or an auditor relies on, run
-//! against each storage backend (sled on disk, and memory).
+//! against each storage backend (segment files, sled, and memory).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use isnad_journal::{
     checkpoint::Checkpoint, export::verify_store, merkle, Journal, LogStore, MemStore, NodeKey,
-    Options, SledStore, Watermark,
+    Options, SegmentOptions, SegmentStore, SledStore, Watermark,
 };
 use isnad_schemas::{EventId, KeyRevoked, NewEvent};
 
@@ -20,6 +20,18 @@ struct Sled(tempfile::TempDir);
 impl Backend for Sled {
     fn store(&self) -> Arc<dyn LogStore> {
         Arc::new(SledStore::open(&self.0.path().join("journal")).unwrap())
+    }
+}
+
+/// Small segments, so that the suite crosses segment boundaries.
+struct Segments(tempfile::TempDir);
+impl Backend for Segments {
+    fn store(&self) -> Arc<dyn LogStore> {
+        let opts = SegmentOptions {
+            segment_bytes: 64 * 1024,
+            ..SegmentOptions::default()
+        };
+        Arc::new(SegmentStore::open_with(&self.0.path().join("journal"), opts).unwrap())
     }
 }
 
@@ -454,5 +466,6 @@ macro_rules! suite {
     };
 }
 
+suite!(segments, Segments(tempfile::tempdir().unwrap()));
 suite!(sled, Sled(tempfile::tempdir().unwrap()));
 suite!(memory, Mem(Arc::new(MemStore::new())));

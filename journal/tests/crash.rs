@@ -16,7 +16,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use isnad_journal::{export::verify_store, Entry, Journal, LogStore, Options, SledStore};
+use isnad_journal::{
+    export::verify_store, open_store, Entry, Journal, LogStore, Options, SegmentStore, SledStore,
+};
 use isnad_schemas::{EventId, NewEvent, RequestReceived};
 
 const CHILD_ENV: &str = "ISNAD_CRASH_CHILD_DIR";
@@ -108,7 +110,7 @@ fn origin(e: &Entry) -> (u32, u64) {
 
 /// The child appends events `n, n+1, n+2` of a writer as one call whenever `n` is a multiple of
 /// 5: after any kill, each such call is in the log whole, consecutive, or not at all.
-fn assert_groups_whole(store: &SledStore, round: usize, seed: u64) {
+fn assert_groups_whole(store: &dyn LogStore, round: usize, seed: u64) {
     let mut all = Vec::new();
     store
         .scan(0, store.next_seq().unwrap(), &mut |seq, bytes| {
@@ -129,39 +131,47 @@ fn assert_groups_whole(store: &SledStore, round: usize, seed: u64) {
     }
 }
 
-/// A crash after part of a batch reached the disk but before its end marker did: reopening cuts
-/// the partial batch back, ids included, and the chain still verifies.
-#[test]
-fn a_batch_cut_short_by_a_crash_is_removed_whole_on_open() {
-    let dir = tempfile::tempdir().unwrap();
+/// Removes the checkpoint rows for sizes above `size` from a sled database.
+fn drop_checkpoints_after(db: &sled::Db, size: u64) {
+    for row in db.scan_prefix(b"k") {
+        let (k, _) = row.unwrap();
+        if u64::from_be_bytes(k[1..9].try_into().unwrap()) > size {
+            db.remove(k).unwrap();
+        }
+    }
+    db.flush().unwrap();
+}
+
+/// Where the first `n` records of a segment end (records are `len u32 | flags u32 | crc u32 | bytes`).
+fn records_end(seg: &[u8], n: usize) -> u64 {
+    let mut at = 0usize;
+    for _ in 0..n {
+        at += 12 + u32::from_le_bytes(seg[at..at + 4].try_into().unwrap()) as usize;
+    }
+    at as u64
+}
+
+/// Writes a batch of two entries, then one of three, and returns the events of the second.
+fn two_batches(dir: &Path) -> Vec<NewEvent> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let first: Vec<NewEvent> = (0..2).map(|n| event(1, n)).collect();
     let second: Vec<NewEvent> = (2..5).map(|n| event(1, n)).collect();
-    let retry = second[0].clone();
     rt.block_on(async {
-        let j = Journal::open_dir(dir.path(), Options::default()).unwrap();
+        let j = Journal::open_dir(dir, Options::default()).unwrap();
         j.append(first).await.unwrap();
-        j.append(second).await.unwrap();
+        j.append(second.clone()).await.unwrap();
         assert_eq!(j.len(), 5);
         j.shutdown().await.unwrap();
     });
-    {
-        // As if the crash came before the second batch's end marker reached the disk (and so
-        // before any checkpoint covering it).
-        let store = SledStore::open(&dir.path().join("journal")).unwrap();
-        let raw = store.raw();
-        raw.insert(SledStore::sealed_key(), &2u64.to_be_bytes())
-            .unwrap();
-        for row in raw.scan_prefix(b"k") {
-            let (k, _) = row.unwrap();
-            if u64::from_be_bytes(k[1..9].try_into().unwrap()) > 2 {
-                raw.remove(k).unwrap();
-            }
-        }
-        store.flush().unwrap();
-    }
+    second
+}
+
+/// Reopens a log whose second batch a crash cut short: it is gone whole, ids included (a retry
+/// is a new append), and the chain still verifies.
+fn assert_partial_batch_removed(dir: &Path, retry: NewEvent) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let j = Journal::open_dir(dir.path(), Options::default()).unwrap();
+        let j = Journal::open_dir(dir, Options::default()).unwrap();
         assert_eq!(j.len(), 2, "the partial batch is gone");
         let again = j.append_one(retry).await.unwrap();
         assert_eq!(
@@ -171,9 +181,63 @@ fn a_batch_cut_short_by_a_crash_is_removed_whole_on_open() {
         );
         j.shutdown().await.unwrap();
     });
-    let store = SledStore::open(&dir.path().join("journal")).unwrap();
-    let summary = verify_store(&store, None, &mut |_, _| {}).unwrap().unwrap();
+    let store = open_store(dir, 1 << 20).unwrap();
+    let summary = verify_store(&*store, None, &mut |_, _| {})
+        .unwrap()
+        .unwrap();
     assert_eq!(summary.entries, 3);
+}
+
+/// A crash in the middle of writing a batch to its segment: the last record is torn and the two
+/// before it are whole but end no batch.
+#[test]
+fn a_batch_cut_short_by_a_crash_is_removed_whole_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let second = two_batches(dir.path());
+    let seg = {
+        let store = SegmentStore::open(&dir.path().join("journal")).unwrap();
+        store.segment_files().pop().unwrap()
+    };
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    // The crash came before any flush (and so any checkpoint) covering the batch was made: the
+    // record of how far the segment was flushed says where the first batch ended.
+    let meta = sled::open(dir.path().join("journal").join("meta")).unwrap();
+    drop_checkpoints_after(&meta, 2);
+    let flushed = meta.get(b"msegment_flushed").unwrap().unwrap().to_vec();
+    let batch_one_end = records_end(&std::fs::read(&seg).unwrap(), 2);
+    let mut v = flushed[..8].to_vec();
+    v.extend_from_slice(&batch_one_end.to_le_bytes());
+    meta.insert(b"msegment_flushed", v).unwrap();
+    meta.flush().unwrap();
+    drop(meta);
+    assert_partial_batch_removed(dir.path(), second[0].clone());
+}
+
+/// The same crash in a log kept in sled (written before segment files): the entries reached the
+/// disk but the batch's end marker did not.
+#[test]
+fn a_batch_cut_short_in_a_sled_log_is_removed_whole_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sled database in place makes the journal keep its log there.
+    drop(SledStore::open(&dir.path().join("journal")).unwrap());
+    let second = two_batches(dir.path());
+    assert!(dir.path().join("journal").join("db").is_file());
+    assert!(!dir.path().join("journal").join("log").exists());
+    {
+        let store = SledStore::open(&dir.path().join("journal")).unwrap();
+        let raw = store.raw();
+        raw.insert(SledStore::sealed_key(), &2u64.to_be_bytes())
+            .unwrap();
+        drop_checkpoints_after(raw, 2);
+        store.flush().unwrap();
+    }
+    assert_partial_batch_removed(dir.path(), second[0].clone());
 }
 
 #[test]
@@ -258,8 +322,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
         }
 
         // Every acknowledged append is present, with its id; the chain and checkpoints verify.
-        let store = SledStore::open(&dir.path().join("journal")).unwrap();
-        let summary = verify_store(&store, None, &mut |_, _| {})
+        let store = open_store(dir.path(), 1 << 20).unwrap();
+        let summary = verify_store(&*store, None, &mut |_, _| {})
             .unwrap()
             .unwrap_or_else(|p| panic!("round {round}: verify failed: {p} (seed {seed})"));
         for (&seq, &id) in &acked {
@@ -273,7 +337,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_append() {
                 "round {round}: seq {seq} holds another event (seed {seed})"
             );
         }
-        assert_groups_whole(&store, round, seed);
+        assert_groups_whole(&*store, round, seed);
         last_len = summary.entries;
         drop(store);
     }

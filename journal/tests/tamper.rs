@@ -27,9 +27,13 @@ const MUTATIONS: usize = 220;
 mod common;
 use common::Rng;
 
-/// A pristine data directory with `ENTRIES` entries and checkpoints every 50.
+/// A pristine data directory with `ENTRIES` entries and checkpoints every 50, its log kept in
+/// sled (a log written before segment files), whose rows these mutations edit. Edits to segment
+/// files are in `segments.rs`.
 fn pristine() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    // A sled database in place makes the journal keep its log there.
+    drop(SledStore::open(&dir.path().join("journal")).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let opts = Options {

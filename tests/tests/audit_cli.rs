@@ -148,14 +148,17 @@ fn auditor_walkthrough_and_tampering() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["seq"], 2345, "{v}");
 
-    // One deleted entry in the data directory: verify names it.
+    // One damaged entry in the data directory (a byte of its event changed on disk): verify
+    // names it.
     {
-        let db = sled::open(data.join("journal")).unwrap();
-        db.remove(isnad_journal::SledStore::entry_key(4321))
-            .unwrap();
-        db.flush().unwrap();
+        let log = data.join("journal").join("log");
+        let offsets = std::fs::read(log.join(format!("{:020}.off", 0))).unwrap();
+        let at = u64::from_le_bytes(offsets[4321 * 8..4322 * 8].try_into().unwrap());
+        let seg = log.join(format!("{:020}.seg", 0));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[at as usize + 12 + 120] ^= 0x01;
+        std::fs::write(&seg, bytes).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(200));
     let (code, out, err) = run(&["journal", "verify", "--data-dir", d]);
     assert_eq!(code, 3, "{out}{err}");
     assert!(out.contains("seq 4321"), "{out}");

@@ -1,0 +1,688 @@
+//! The journal's own log files: entries in append-only segment files, one `fdatasync` per flush,
+//! and memory that does not grow with the log.
+//!
+//! ```text
+//! journal/
+//!   log/00000000000000000000.seg   records: len u32 | flags u32 | crc32 u32 | stored entry
+//!   log/00000000000000000000.off   one u64 file offset per entry of the segment
+//!   ids/*.ids                      the event-id index (see `ids.rs`)
+//!   meta/                          sled: checkpoints, cursors, log metadata
+//! ```
+//!
+//! A record's checksum covers its seq, header and bytes. The last record of every `append` call
+//! carries the end-of-batch flag; on open, the last segment is read through and cut back to the
+//! end of its last whole batch (nothing after it was acknowledged: a flush only starts after the
+//! batch is written), and its offsets file is rebuilt from it. Older segments and their offsets
+//! were made durable when the next segment started. A batch never spans two segments.
+//!
+//! Flushing syncs the active segment only. Offsets and the id index are derived from the log and
+//! rebuilt on open; the metadata in sled is synced by a background thread every
+//! [`META_SYNC_EVERY`] and by [`LogStore::sync`]. A cursor that a crash left ahead of the recovered
+//! log reads back as the log's end.
+//!
+//! Why not rows in sled, as [`crate::SledStore`] keeps them: sled 0.34 keeps metadata in memory
+//! for every page of the tree and splits leaves at 16 rows, so a gateway's resident memory grew by
+//! about 37 bytes per entry for as long as it ran; and its flush costs two device round trips
+//! (`sync_file_range`, then the `fdatasync` that durability needs) where a segment costs one.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufReader, Read as _, Seek as _, SeekFrom},
+    os::unix::fs::FileExt as _,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use isnad_schemas::EventId;
+use parking_lot::{Mutex, RwLock};
+
+use crate::{
+    ids::IdIndex,
+    store::{open_sled, MetaRows},
+    Error, LogStore, Result,
+};
+
+/// A segment is closed and the next one started once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Event ids the index keeps in memory before it moves them to a file of their own.
+pub const IDS_PER_CHUNK: usize = crate::ids::CHUNK_IDS;
+/// How often the background thread makes changed metadata (checkpoints, cursors) durable.
+pub const META_SYNC_EVERY: Duration = Duration::from_millis(200);
+
+const HEADER: usize = 12;
+const END_OF_BATCH: u32 = 1;
+/// Larger than any entry the journal writes; a header claiming more is damage.
+const MAX_RECORD: u32 = 64 * 1024 * 1024;
+
+/// Tuning of a [`SegmentStore`].
+#[derive(Clone, Debug)]
+pub struct SegmentOptions {
+    /// See [`SEGMENT_BYTES`].
+    pub segment_bytes: u64,
+    /// sled's page cache for the metadata.
+    pub meta_cache_bytes: u64,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: SEGMENT_BYTES,
+            meta_cache_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+fn seg_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+fn off_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.off"))
+}
+
+fn record_crc(seq: u64, header: &[u8], bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(&header[..8]);
+    h.update(bytes);
+    h.finalize()
+}
+
+fn encode_record(out: &mut Vec<u8>, seq: u64, bytes: &[u8], flags: u32) {
+    let mut header = [0u8; HEADER];
+    header[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    header[4..8].copy_from_slice(&flags.to_le_bytes());
+    let crc = record_crc(seq, &header, bytes);
+    header[8..].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(bytes);
+}
+
+/// Parses a record header: `(payload length, flags, crc)`, or `None` when it cannot be one.
+fn parse_header(h: &[u8; HEADER]) -> Option<(u32, u32, u32)> {
+    let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let (len, flags, crc) = (word(0), word(4), word(8));
+    (len > 0 && len <= MAX_RECORD && flags & !END_OF_BATCH == 0).then_some((len, flags, crc))
+}
+
+/// Reads the record of `seq` at the reader's position, checking it.
+fn read_record(r: &mut impl std::io::Read, seq: u64, buf: &mut Vec<u8>) -> Result<()> {
+    let corrupt = |reason: &str| Error::Corrupt {
+        seq,
+        reason: reason.to_owned(),
+    };
+    let mut h = [0u8; HEADER];
+    r.read_exact(&mut h)
+        .map_err(|e| corrupt(&format!("record header unreadable: {e}")))?;
+    let (len, _, crc) = parse_header(&h).ok_or_else(|| corrupt("record header is damaged"))?;
+    buf.resize(len as usize, 0);
+    r.read_exact(buf)
+        .map_err(|e| corrupt(&format!("record unreadable: {e}")))?;
+    if record_crc(seq, &h, buf) != crc {
+        return Err(corrupt("record fails its checksum"));
+    }
+    Ok(())
+}
+
+/// Reads from a shared file at a position of its own.
+struct At<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl std::io::Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The segment being appended to.
+struct Active {
+    first: u64,
+    seg: Arc<File>,
+    off: Arc<File>,
+}
+
+struct Writer {
+    active: Arc<Active>,
+    /// Bytes in the active segment.
+    len: u64,
+    /// Entries in the active segment.
+    count: u64,
+    records: Vec<u8>,
+    offsets: Vec<u8>,
+}
+
+struct Meta {
+    rows: MetaRows,
+    dirty: AtomicBool,
+}
+
+impl Meta {
+    fn sync(&self) -> Result<()> {
+        self.dirty.store(false, Ordering::Release);
+        self.rows.sync()
+    }
+}
+
+/// Entries in segment files, metadata in sled. See the module documentation.
+pub struct SegmentStore {
+    log_dir: PathBuf,
+    opts: SegmentOptions,
+    meta: Arc<Meta>,
+    writer: Mutex<Writer>,
+    /// First seq of every segment, ascending; the last is the active one.
+    segments: RwLock<Vec<u64>>,
+    /// Read handles of the active segment.
+    active: RwLock<Arc<Active>>,
+    next: AtomicU64,
+    /// `(segment, bytes)` that the last flush made durable, also kept in the metadata as
+    /// [`META_FLUSHED`]: on open, damage before it is damage, not a torn write.
+    flushed: Mutex<(u64, u64)>,
+    ids: IdIndex,
+    syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+/// Metadata key: the active segment and how many of its bytes a flush made durable.
+const META_FLUSHED: &str = "segment_flushed";
+
+impl SegmentStore {
+    /// Opens (or creates) the store in `path` with default options.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, SegmentOptions::default())
+    }
+
+    /// Opens (or creates) the store in `path`: takes the directory's lock (sled's, on `meta/`),
+    /// cuts a torn batch off the last segment, rebuilds its offsets and the id index's tail.
+    pub fn open_with(path: &Path, opts: SegmentOptions) -> Result<Self> {
+        let meta_dir = path.join("meta");
+        let meta = Arc::new(Meta {
+            rows: MetaRows::new(open_sled(&meta_dir, opts.meta_cache_bytes)?, &meta_dir)?,
+            dirty: AtomicBool::new(false),
+        });
+        let log_dir = path.join("log");
+        std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(&log_dir, e))?;
+        sync_dir(path)?;
+
+        let mut firsts = Vec::new();
+        for item in std::fs::read_dir(&log_dir).map_err(|e| Error::io(&log_dir, e))? {
+            let name = item.map_err(|e| Error::io(&log_dir, e))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(first) = name
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        if firsts.is_empty() {
+            create_segment(&log_dir, 0)?;
+            firsts.push(0);
+        }
+        // Closed segments: their offsets were made durable before the next segment began.
+        for pair in firsts.windows(2) {
+            let path = off_path(&log_dir, pair[0]);
+            let len = std::fs::metadata(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .len();
+            if len % 8 != 0 || pair[0] + len / 8 != pair[1] {
+                return Err(Error::Corrupt {
+                    seq: pair[0] + len / 8,
+                    reason: format!(
+                        "segment {} holds {} entries by its offsets, but the next starts at {}",
+                        pair[0],
+                        len / 8,
+                        pair[1]
+                    ),
+                });
+            }
+        }
+        let first = *firsts.last().unwrap_or(&0);
+        let flushed = match meta.rows.meta(META_FLUSHED)? {
+            Some(v) if v.len() == 16 => (
+                u64::from_le_bytes(v[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(v[8..].try_into().unwrap_or_default()),
+            ),
+            _ => (first, 0),
+        };
+        let durable = if flushed.0 == first { flushed.1 } else { 0 };
+        let (len, count) = recover_last(&log_dir, first, durable)?;
+        let active = Arc::new(Active {
+            first,
+            seg: Arc::new(open_rw(&seg_path(&log_dir, first))?),
+            off: Arc::new(open_rw(&off_path(&log_dir, first))?),
+        });
+        let next = first + count;
+
+        let (ids, rebuild_from) = IdIndex::open(&path.join("ids"), next)?;
+        let (tx, rx) = mpsc::channel::<()>();
+        let syncer_meta = meta.clone();
+        let syncer = std::thread::Builder::new()
+            .name("isnad-journal-meta".into())
+            .spawn(move || sync_meta_until_closed(&syncer_meta, &rx))
+            .map_err(|e| Error::Storage(format!("cannot start the metadata thread: {e}")))?;
+        let store = Self {
+            log_dir,
+            opts,
+            meta,
+            writer: Mutex::new(Writer {
+                active: active.clone(),
+                len,
+                count,
+                records: Vec::new(),
+                offsets: Vec::new(),
+            }),
+            segments: RwLock::new(firsts),
+            active: RwLock::new(active),
+            next: AtomicU64::new(next),
+            flushed: Mutex::new((first, durable.min(len))),
+            ids,
+            syncer: Some((tx, syncer)),
+        };
+        match store.rebuild_ids(rebuild_from, next) {
+            Ok(()) => {}
+            // Opened all the same, for verification to report it; the journal refuses to open
+            // a log that does not verify.
+            Err(Error::Corrupt { seq, reason }) => {
+                tracing::error!(seq, %reason, "the id index stops before a damaged entry");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(store)
+    }
+
+    fn rebuild_ids(&self, from: u64, to: u64) -> Result<()> {
+        let mut batch: Vec<(EventId, u64)> = Vec::new();
+        let mut bad = None;
+        self.scan(
+            from,
+            to,
+            &mut |seq, bytes| match crate::Entry::from_stored(seq, bytes) {
+                Ok(e) => {
+                    batch.push((e.event.id, seq));
+                    if batch.len() == 4096 {
+                        self.ids.insert(&batch);
+                        batch.clear();
+                    }
+                    true
+                }
+                Err(reason) => {
+                    bad = Some(Error::Corrupt { seq, reason });
+                    false
+                }
+            },
+        )?;
+        self.ids.insert(&batch);
+        bad.map_or(Ok(()), Err)
+    }
+
+    /// The segment files, oldest first (for tests that damage the log as an attacker would).
+    pub fn segment_files(&self) -> Vec<PathBuf> {
+        self.segments
+            .read()
+            .iter()
+            .map(|&f| seg_path(&self.log_dir, f))
+            .collect()
+    }
+
+    /// Id index chunk files on disk and ids it holds in memory.
+    pub fn id_index_footprint(&self) -> (usize, usize) {
+        self.ids.footprint()
+    }
+
+    /// Waits until id index chunks being written are on disk.
+    pub fn finish_background_writes(&self) {
+        self.ids.finish_writes();
+    }
+
+    /// The files holding `seq`: the active segment's shared handles, or an older segment's.
+    fn files_for(&self, seq: u64) -> Result<Arc<Active>> {
+        let active = self.active.read().clone();
+        if seq >= active.first {
+            return Ok(active);
+        }
+        let first = {
+            let segs = self.segments.read();
+            let i = segs.partition_point(|&f| f <= seq);
+            segs[i.saturating_sub(1)]
+        };
+        let seg = seg_path(&self.log_dir, first);
+        let off = off_path(&self.log_dir, first);
+        Ok(Arc::new(Active {
+            first,
+            seg: Arc::new(File::open(&seg).map_err(|e| Error::io(&seg, e))?),
+            off: Arc::new(File::open(&off).map_err(|e| Error::io(&off, e))?),
+        }))
+    }
+
+    fn offset_of(files: &Active, seq: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        files
+            .off
+            .read_exact_at(&mut b, (seq - files.first) * 8)
+            .map_err(|e| Error::Corrupt {
+                seq,
+                reason: format!("offset unreadable: {e}"),
+            })?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Closes the active segment (durably, offsets included) and starts the next at `first`.
+    fn roll(&self, w: &mut Writer, first: u64) -> Result<()> {
+        let old = &w.active;
+        old.seg
+            .sync_data()
+            .and_then(|()| old.off.sync_data())
+            .map_err(|e| Error::Storage(format!("closing segment {}: {e}", old.first)))?;
+        create_segment(&self.log_dir, first)?;
+        let active = Arc::new(Active {
+            first,
+            seg: Arc::new(open_rw(&seg_path(&self.log_dir, first))?),
+            off: Arc::new(open_rw(&off_path(&self.log_dir, first))?),
+        });
+        self.segments.write().push(first);
+        *self.active.write() = active.clone();
+        w.active = active;
+        w.len = 0;
+        w.count = 0;
+        Ok(())
+    }
+}
+
+impl Drop for SegmentStore {
+    fn drop(&mut self) {
+        if let Some((tx, handle)) = self.syncer.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+        self.ids.finish_writes();
+    }
+}
+
+fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+fn create_segment(dir: &Path, first: u64) -> Result<()> {
+    for path in [off_path(dir, first), seg_path(dir, first)] {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+    }
+    sync_dir(dir)
+}
+
+/// Reads the last segment through, cuts it back to its last whole batch and rewrites its offsets.
+/// Returns its length in bytes and entries.
+///
+/// Only a torn write is cut: a bad record inside the first `durable` bytes (what a flush made
+/// durable) is damage, and the segment is left exactly as it is, its entries counted by its
+/// offsets file, for verification to report at that seq.
+fn recover_last(dir: &Path, first: u64, durable: u64) -> Result<(u64, u64)> {
+    let path = seg_path(dir, first);
+    let file = open_rw(&path)?;
+    let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    let mut r = BufReader::with_capacity(1 << 20, &file);
+    let (mut pos, mut whole_len, mut whole_count) = (0u64, 0u64, 0usize);
+    let mut offsets: Vec<u64> = Vec::new();
+    let mut buf = Vec::new();
+    loop {
+        let mut h = [0u8; HEADER];
+        if r.read_exact(&mut h).is_err() {
+            break;
+        }
+        let Some((len, flags, crc)) = parse_header(&h) else {
+            break;
+        };
+        buf.resize(len as usize, 0);
+        if r.read_exact(&mut buf).is_err() {
+            break;
+        }
+        let seq = first + offsets.len() as u64;
+        if record_crc(seq, &h, &buf) != crc {
+            break;
+        }
+        offsets.push(pos);
+        pos += (HEADER + buf.len()) as u64;
+        if flags & END_OF_BATCH != 0 {
+            whole_len = pos;
+            whole_count = offsets.len();
+        }
+    }
+    drop(r);
+    let off = off_path(dir, first);
+    if pos < durable.min(file_len) {
+        let kept = std::fs::metadata(&off).map_or(0, |m| m.len() / 8);
+        tracing::error!(
+            segment = first,
+            seq = first + offsets.len() as u64,
+            "a record the log had made durable is damaged; the segment is left as it is"
+        );
+        return Ok((file_len, kept.max(offsets.len() as u64)));
+    }
+    offsets.truncate(whole_count);
+    if file_len > whole_len {
+        file.set_len(whole_len)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io(&path, e))?;
+        tracing::warn!(
+            segment = first,
+            bytes = file_len - whole_len,
+            "cut back the end of the log that a crash left incomplete; none of it was acknowledged"
+        );
+    }
+    let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&off)
+        .map_err(|e| Error::io(&off, e))?;
+    f.write_all_at(&bytes, 0)
+        .and_then(|()| f.sync_data())
+        .map_err(|e| Error::io(&off, e))?;
+    Ok((whole_len, whole_count as u64))
+}
+
+fn sync_meta_until_closed(meta: &Meta, stop: &mpsc::Receiver<()>) {
+    loop {
+        let closing = matches!(
+            stop.recv_timeout(META_SYNC_EVERY),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        );
+        if meta.dirty.load(Ordering::Acquire) || closing {
+            if let Err(e) = meta.sync() {
+                tracing::error!(error = %e, "cannot sync the journal's metadata");
+            }
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+impl LogStore for SegmentStore {
+    fn append(&self, entries: &[(u64, Vec<u8>)], ids: &[(EventId, u64)]) -> Result<()> {
+        let Some(&(first, _)) = entries.first() else {
+            return Ok(());
+        };
+        let mut w = self.writer.lock();
+        let expected = w.active.first + w.count;
+        if entries
+            .iter()
+            .enumerate()
+            .any(|(i, (seq, _))| *seq != expected + i as u64)
+        {
+            return Err(Error::Storage(format!(
+                "append of seqs from {first} where the log continues at {expected}"
+            )));
+        }
+        if w.len >= self.opts.segment_bytes {
+            self.roll(&mut w, first)?;
+        }
+        let w = &mut *w;
+        w.records.clear();
+        w.offsets.clear();
+        let last = entries.len() - 1;
+        for (i, (seq, bytes)) in entries.iter().enumerate() {
+            w.offsets
+                .extend_from_slice(&(w.len + w.records.len() as u64).to_le_bytes());
+            let flags = if i == last { END_OF_BATCH } else { 0 };
+            encode_record(&mut w.records, *seq, bytes, flags);
+        }
+        let seg = &w.active.seg;
+        let off = &w.active.off;
+        let written = seg
+            .write_all_at(&w.records, w.len)
+            .and_then(|()| off.write_all_at(&w.offsets, w.count * 8));
+        if let Err(e) = written {
+            // Leave no partial batch behind for a later append to follow.
+            let _ = seg.set_len(w.len);
+            let _ = off.set_len(w.count * 8);
+            return Err(Error::Storage(format!(
+                "writing segment {}: {e}",
+                w.active.first
+            )));
+        }
+        w.len += w.records.len() as u64;
+        w.count += entries.len() as u64;
+        self.ids.insert(ids);
+        self.next
+            .store(first + entries.len() as u64, Ordering::Release);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        // Everything appended before this call is in this segment or in one that `roll` synced.
+        let (first, len, seg) = {
+            let w = self.writer.lock();
+            (w.active.first, w.len, w.active.seg.clone())
+        };
+        seg.sync_data()
+            .map_err(|e| Error::Storage(format!("fdatasync: {e}")))?;
+        let mut flushed = self.flushed.lock();
+        if (first, len) > *flushed {
+            *flushed = (first, len);
+            let mut v = [0u8; 16];
+            v[..8].copy_from_slice(&first.to_le_bytes());
+            v[8..].copy_from_slice(&len.to_le_bytes());
+            self.meta.rows.set_meta(META_FLUSHED, &v)?;
+            self.meta.dirty.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.meta.sync()
+    }
+
+    fn get(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        if seq >= self.next.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let files = self.files_for(seq)?;
+        let pos = Self::offset_of(&files, seq)?;
+        let mut buf = Vec::new();
+        read_record(
+            &mut At {
+                file: &files.seg,
+                pos,
+            },
+            seq,
+            &mut buf,
+        )?;
+        Ok(Some(buf))
+    }
+
+    fn scan(&self, from: u64, to: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool) -> Result<()> {
+        let to = to.min(self.next.load(Ordering::Acquire));
+        let mut seq = from;
+        let mut buf = Vec::new();
+        while seq < to {
+            let files = self.files_for(seq)?;
+            let end = {
+                let segs = self.segments.read();
+                let i = segs.partition_point(|&f| f <= files.first);
+                segs.get(i).copied().unwrap_or(u64::MAX).min(to)
+            };
+            let path = seg_path(&self.log_dir, files.first);
+            let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            file.seek(SeekFrom::Start(Self::offset_of(&files, seq)?))
+                .map_err(|e| Error::io(&path, e))?;
+            let mut r = BufReader::with_capacity(256 * 1024, file);
+            while seq < end {
+                read_record(&mut r, seq, &mut buf)?;
+                if !f(seq, &buf) {
+                    return Ok(());
+                }
+                seq += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_seq(&self) -> Result<u64> {
+        Ok(self.next.load(Ordering::Acquire))
+    }
+
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>> {
+        Ok(self
+            .ids
+            .get(id)?
+            .filter(|&seq| seq < self.next.load(Ordering::Acquire)))
+    }
+
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
+        self.meta.rows.put_checkpoint(size, note)?;
+        self.meta.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
+        self.meta.rows.checkpoints()
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.meta.rows.meta(key)
+    }
+
+    fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.rows.set_meta(key, value)?;
+        self.meta.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        // The metadata may have reached the disk before the entries a crash then cut off.
+        let next = self.next.load(Ordering::Acquire);
+        Ok(self.meta.rows.cursor(name)?.map(|c| c.min(next)))
+    }
+
+    fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        self.meta.rows.set_cursor(name, seq)?;
+        self.meta.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+}

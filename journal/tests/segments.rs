@@ -1,0 +1,195 @@
+//! The segment-file store: damage to its files is caught and pinned to the first bad entry, ids of
+//! old entries are still found once the index has moved them to disk, and what a crash can leave
+//! behind in its metadata reads back safely.
+//!
+//! The record format is written out again here from the store's documentation
+//! (`len u32 | flags u32 | crc32(seq ‖ len ‖ flags ‖ bytes) u32 | bytes`), as an attacker who
+//! knows it would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use isnad_journal::{
+    export::verify_store, segments::IDS_PER_CHUNK, Journal, LogStore, NodeKey, Options,
+    SegmentStore,
+};
+use isnad_schemas::{KeyCreated, NewEvent};
+
+fn event(i: u64) -> NewEvent {
+    NewEvent::new(&KeyCreated {
+        key_id: format!("key-{i}"),
+        roles: vec!["member".into()],
+        expires_at_us: None,
+    })
+    .unwrap()
+    .team("team-a")
+    .actor("admin")
+}
+
+fn key() -> NodeKey {
+    NodeKey::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[7; 32]))
+}
+
+fn opts() -> Options {
+    Options {
+        checkpoint_every: 1_000_000,
+        checkpoint_interval: Duration::from_secs(3600),
+        ..Options::default()
+    }
+}
+
+/// A log of `n` entries in batches of `batch`, written through the journal.
+fn write_log(dir: &Path, n: u64, batch: u64) -> Vec<NewEvent> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let events: Vec<NewEvent> = (0..n).map(event).collect();
+    rt.block_on(async {
+        let store = Arc::new(SegmentStore::open(&dir.join("journal")).unwrap());
+        let j = Journal::open(store, key(), opts()).unwrap();
+        for b in events.chunks(batch as usize) {
+            j.append(b.to_vec()).await.unwrap();
+        }
+        j.shutdown().await.unwrap();
+    });
+    events
+}
+
+/// The records of a segment file: `(offset, length with header)`.
+fn records(seg: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 12 <= seg.len() {
+        let len = u32::from_le_bytes(seg[at..at + 4].try_into().unwrap()) as usize;
+        out.push((at, 12 + len));
+        at += 12 + len;
+    }
+    out
+}
+
+fn reseal(seg: &mut [u8], at: usize, seq: u64) {
+    let len = u32::from_le_bytes(seg[at..at + 4].try_into().unwrap()) as usize;
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(&seg[at..at + 8]);
+    h.update(&seg[at + 12..at + 12 + len]);
+    seg[at + 8..at + 12].copy_from_slice(&h.finalize().to_le_bytes());
+}
+
+fn verify(dir: &Path) -> Result<u64, isnad_journal::verify::Problem> {
+    let store = SegmentStore::open(&dir.join("journal")).unwrap();
+    verify_store(&store, None, &mut |_, _| {})
+        .unwrap()
+        .map(|s| s.entries)
+}
+
+#[test]
+fn damage_to_a_segment_is_pinned_to_the_first_bad_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 40, 4);
+    assert_eq!(verify(dir.path()).unwrap(), 40);
+    let seg_file = SegmentStore::open(&dir.path().join("journal"))
+        .unwrap()
+        .segment_files()
+        .pop()
+        .unwrap();
+    let pristine = std::fs::read(&seg_file).unwrap();
+    let recs = records(&pristine);
+    assert_eq!(recs.len(), 40);
+
+    // A flipped byte in an entry's event, checksum left as it was: the store's checksum.
+    let mut seg = pristine.clone();
+    let (at, len) = recs[17];
+    seg[at + len - 3] ^= 0x10;
+    std::fs::write(&seg_file, &seg).unwrap();
+    let p = verify(dir.path()).unwrap_err();
+    assert_eq!(p.seq, 17, "{p}");
+    assert!(p.reason.contains("checksum"), "{p}");
+
+    // The same flip by someone who also fixes the checksum: the entry hash.
+    reseal(&mut seg, at, 17);
+    std::fs::write(&seg_file, &seg).unwrap();
+    let p = verify(dir.path()).unwrap_err();
+    assert_eq!(p.seq, 17, "{p}");
+    assert!(!p.reason.contains("checksum"), "{p}");
+
+    // Two entries swapped, each resealed for its new seq (and its offset fixed on open).
+    let mut seg = pristine.clone();
+    let (a, alen) = recs[21];
+    let (b, blen) = recs[22];
+    let (ra, rb) = (
+        pristine[a..a + alen].to_vec(),
+        pristine[b..b + blen].to_vec(),
+    );
+    seg.splice(a..b + blen, rb.iter().chain(ra.iter()).copied());
+    reseal(&mut seg, a, 21);
+    reseal(&mut seg, a + blen, 22);
+    std::fs::write(&seg_file, &seg).unwrap();
+    let p = verify(dir.path()).unwrap_err();
+    assert_eq!(p.seq, 21, "{p}");
+
+    std::fs::write(&seg_file, &pristine).unwrap();
+    assert_eq!(verify(dir.path()).unwrap(), 40);
+}
+
+#[test]
+fn ids_moved_to_disk_are_still_found_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = IDS_PER_CHUNK as u64 + 3_000;
+    let events = write_log(dir.path(), n, 500);
+    let store = Arc::new(SegmentStore::open(&dir.path().join("journal")).unwrap());
+    store.finish_background_writes();
+    let (chunks, in_memory) = store.id_index_footprint();
+    assert_eq!(chunks, 1, "the first {} ids are on disk", IDS_PER_CHUNK);
+    assert!(in_memory < 4_000, "{in_memory} ids in memory");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let j = Journal::open(store, key(), opts()).unwrap();
+        for (i, old) in [(0usize, 0u64), (1234, 1234), (n as usize - 1, n - 1)] {
+            let r = j.append_one(events[i].clone()).await.unwrap();
+            assert!(r.duplicate, "event {i} appended twice");
+            assert_eq!(r.seq, old);
+        }
+        let fresh = j.append_one(event(n)).await.unwrap();
+        assert_eq!((fresh.seq, fresh.duplicate), (n, false));
+        j.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn a_cursor_ahead_of_a_log_cut_back_reads_as_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 6, 3);
+    let store = SegmentStore::open(&dir.path().join("journal")).unwrap();
+    // As if the cursor reached the disk and the entries it had read did not.
+    store.set_cursor("webhooks", 9).unwrap();
+    store.set_cursor("rag", 4).unwrap();
+    assert_eq!(store.cursor("webhooks").unwrap(), Some(6));
+    assert_eq!(store.cursor("rag").unwrap(), Some(4));
+    assert_eq!(store.cursor("other").unwrap(), None);
+}
+
+#[test]
+fn a_second_process_cannot_open_the_same_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = SegmentStore::open(&dir.path().join("journal")).unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "second_opener", "--nocapture"])
+        .env("ISNAD_SECOND_OPENER_DIR", dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&child.stdout);
+    assert!(out.contains("refused: "), "{out}");
+    assert!(out.contains("in use by another process"), "{out}");
+}
+
+/// Run by `a_second_process_cannot_open_the_same_log` in a child process.
+#[test]
+fn second_opener() {
+    let Ok(dir) = std::env::var("ISNAD_SECOND_OPENER_DIR") else {
+        return;
+    };
+    match SegmentStore::open(&Path::new(&dir).join("journal")) {
+        Ok(_) => println!("\nopened"),
+        Err(e) => println!("\nrefused: {e}"),
+    }
+}

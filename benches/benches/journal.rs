@@ -27,12 +27,12 @@ use criterion::{
     BenchmarkGroup, Criterion, Throughput,
 };
 use ed25519_dalek::{Signature, Signer as _};
-use isnad_benches::{bench_key, fill, request_event, CpuSample, SledLog};
+use isnad_benches::{bench_key, fill, request_event, CpuSample, DiskLog};
 use isnad_journal::{
     entry::{entry_hash, Entry, GENESIS},
     export::verify_store,
     verify::ChainVerifier,
-    LogStore, SledStore,
+    LogStore, SegmentStore, SledStore,
 };
 
 /// Entries in the log that the verify and read benches go over.
@@ -147,18 +147,29 @@ fn verify(c: &mut Criterion) {
 }
 
 fn on_disk_log(c: &mut Criterion) {
+    on_disk_log_in(c, "segments");
+    on_disk_log_in(c, "sled");
+}
+
+/// The on-disk benches over one store: `segments` (the gateway's) or `sled` (older logs).
+fn on_disk_log_in(c: &mut Criterion, kind: &str) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("tempdir: {e}"));
-    let log = SledLog::open(dir.path()).unwrap_or_else(|e| unreachable!("open: {e}"));
+    let log = if kind == "sled" {
+        DiskLog::open_sled(dir.path())
+    } else {
+        DiskLog::open(dir.path())
+    }
+    .unwrap_or_else(|e| unreachable!("open: {e}"));
     let t = std::time::Instant::now();
     let n = fill(&log.journal, LOG_ENTRIES, 4096).unwrap_or_else(|e| unreachable!("fill: {e}"));
-    println!("built a {n}-entry sled log in {:.1?}", t.elapsed());
+    println!("built a {n}-entry {kind} log in {:.1?}", t.elapsed());
     let store: Arc<dyn LogStore> = log.store.clone();
 
     let mut g = c.benchmark_group("verify");
     g.throughput(Throughput::Elements(n));
     g.sample_size(10);
     g.measurement_time(std::time::Duration::from_secs(20));
-    timed(&mut g, "verify_store_sled_200k", |b| {
+    timed(&mut g, &format!("verify_store_{kind}_200k"), |b| {
         b.iter(|| match verify_store(&*store, None, &mut |_, _| {}) {
             Ok(Ok(summary)) => summary,
             other => unreachable!("verify_store: {other:?}"),
@@ -170,7 +181,7 @@ fn on_disk_log(c: &mut Criterion) {
     g.throughput(Throughput::Elements(n));
     g.sample_size(10);
     g.measurement_time(std::time::Duration::from_secs(8));
-    timed(&mut g, "store_scan_raw_200k", |b| {
+    timed(&mut g, &format!("store_scan_raw_{kind}_200k"), |b| {
         b.iter(|| {
             let mut bytes = 0usize;
             let _ = store.scan(0, n, &mut |_, v| {
@@ -180,7 +191,7 @@ fn on_disk_log(c: &mut Criterion) {
             bytes
         })
     });
-    timed(&mut g, "journal_scan_200k", |b| {
+    timed(&mut g, &format!("journal_scan_{kind}_200k"), |b| {
         b.iter(|| {
             let mut count = 0u64;
             let _ = log.journal.scan(0, n, &mut |e| {
@@ -190,26 +201,30 @@ fn on_disk_log(c: &mut Criterion) {
             count
         })
     });
-    timed(&mut g, "journal_range_chunks_1024_200k", |b| {
-        b.iter(|| {
-            let mut from = 0;
-            let mut count = 0usize;
-            while from < n {
-                let chunk = log
-                    .journal
-                    .range(from, from + RANGE_CHUNK)
-                    .unwrap_or_default();
-                count += chunk.len();
-                from += RANGE_CHUNK;
-            }
-            count
-        })
-    });
+    timed(
+        &mut g,
+        &format!("journal_range_chunks_1024_{kind}_200k"),
+        |b| {
+            b.iter(|| {
+                let mut from = 0;
+                let mut count = 0usize;
+                while from < n {
+                    let chunk = log
+                        .journal
+                        .range(from, from + RANGE_CHUNK)
+                        .unwrap_or_default();
+                    count += chunk.len();
+                    from += RANGE_CHUNK;
+                }
+                count
+            })
+        },
+    );
     g.finish();
 
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(1));
-    timed(&mut g, "sled_seq_of_miss_200k_log", |b| {
+    timed(&mut g, &format!("{kind}_seq_of_miss_200k_log"), |b| {
         let mut i = 0u64;
         b.iter(|| {
             i += 1;
@@ -221,8 +236,11 @@ fn on_disk_log(c: &mut Criterion) {
 
     // Batch writes go to a separate, fresh store so they do not disturb the log above.
     let wdir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("tempdir: {e}"));
-    let wstore =
-        SledStore::open(&wdir.path().join("w")).unwrap_or_else(|e| unreachable!("open: {e}"));
+    let wstore: Box<dyn LogStore> = if kind == "sled" {
+        Box::new(SledStore::open(&wdir.path().join("w")).unwrap_or_else(|e| unreachable!("{e}")))
+    } else {
+        Box::new(SegmentStore::open(&wdir.path().join("w")).unwrap_or_else(|e| unreachable!("{e}")))
+    };
     let rows: Vec<(Vec<u8>, isnad_schemas::EventId)> = sealed(64)
         .iter()
         .map(|e| (e.to_stored(), e.event.id))
@@ -247,14 +265,14 @@ fn on_disk_log(c: &mut Criterion) {
         (entries, ids)
     };
     g.throughput(Throughput::Elements(rows.len() as u64));
-    timed(&mut g, "sled_append_batch_64", |b| {
+    timed(&mut g, &format!("{kind}_append_batch_64"), |b| {
         b.iter_batched(
             || batch(&mut next),
             |(entries, ids)| wstore.append(&entries, &ids),
             BatchSize::SmallInput,
         )
     });
-    timed(&mut g, "sled_append_batch_64_and_flush", |b| {
+    timed(&mut g, &format!("{kind}_append_batch_64_and_flush"), |b| {
         b.iter_batched(
             || batch(&mut next),
             |(entries, ids)| {

@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use isnad_benches::{bench_key, bench_options, request_event, CpuSample, SledLog};
+use isnad_benches::{bench_key, bench_options, request_event, CpuSample, DiskLog};
 use isnad_journal::{Journal, LogStore, MemStore};
 use tokio::runtime::Runtime;
 
@@ -265,7 +265,7 @@ fn main() -> AnyResult<()> {
             let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
             (Journal::open(store, bench_key(), bench_options())?, None)
         } else {
-            let log = SledLog::open(dir.path())?;
+            let log = DiskLog::open(dir.path())?;
             (log.journal.clone(), Some(log))
         };
         rows.push(closed_loop(&rt, &journal, &label, writers, per_call, &d)?);
@@ -293,7 +293,7 @@ fn main() -> AnyResult<()> {
     }
     let interval = Duration::from_micros(100);
     let dir = tempfile::tempdir()?;
-    let log = SledLog::open(dir.path())?;
+    let log = DiskLog::open(dir.path())?;
     let sled = open_loop(&rt, &log.journal, interval, &d)?;
     rt.block_on(log.journal.shutdown())?;
     let store: Arc<dyn LogStore> = Arc::new(MemStore::new());

@@ -46,24 +46,32 @@ pub fn bench_options() -> Options {
     Options::default()
 }
 
-/// A sled-backed journal in `dir`, with the store handle kept so that benches can also use it
+/// A journal on disk in `dir`, with the store handle kept so that benches can also use it
 /// directly (for `verify_store` or raw scans) while the journal is open.
-pub struct SledLog {
+pub struct DiskLog {
     /// The open journal.
     pub journal: Journal,
     /// The store beneath it.
-    pub store: Arc<SledStore>,
+    pub store: Arc<dyn LogStore>,
 }
 
-impl SledLog {
-    /// Opens (or creates) the log under `dir/journal`.
+impl DiskLog {
+    /// Opens (or creates) the log under `dir/journal` in the gateway's format (segment files).
     pub fn open(dir: &Path) -> isnad_journal::Result<Self> {
-        let store = Arc::new(SledStore::open(&isnad_journal::store_path(dir))?);
-        let journal = Journal::open(
-            store.clone() as Arc<dyn LogStore>,
-            bench_key(),
-            bench_options(),
-        )?;
+        Self::over(isnad_journal::open_store(
+            dir,
+            Options::default().cache_bytes,
+        )?)
+    }
+
+    /// Opens (or creates) the log under `dir/journal` as rows in sled, the format of logs written
+    /// before segment files, for comparison.
+    pub fn open_sled(dir: &Path) -> isnad_journal::Result<Self> {
+        Self::over(Arc::new(SledStore::open(&isnad_journal::store_path(dir))?))
+    }
+
+    fn over(store: Arc<dyn LogStore>) -> isnad_journal::Result<Self> {
+        let journal = Journal::open(store.clone(), bench_key(), bench_options())?;
         Ok(Self { journal, store })
     }
 }

@@ -15,6 +15,12 @@
 //! batch is written), and its offsets file is rebuilt from it. Older segments and their offsets
 //! were made durable when the next segment started. A batch never spans two segments.
 //!
+//! Segments are zero-filled ahead of use by a background thread (the spare, `log/next.spare`),
+//! and the store moves onto the spare as soon as it is ready: an append into a zero-filled file
+//! changes no size and allocates no block, so a flush's `fdatasync` is one device write, not a
+//! write and a filesystem journal commit (benches/RESULTS.md has the difference). On open the
+//! zeros after the last record are cut off like any torn tail, and the next spare takes over.
+//!
 //! Flushing syncs the active segment only. Offsets and the id index are derived from the log and
 //! rebuilt on open; the metadata in sled is synced by a background thread every
 //! [`META_SYNC_EVERY`] and by [`LogStore::sync`]. A cursor that a crash left ahead of the recovered
@@ -49,6 +55,12 @@ use crate::{
 
 /// A segment is closed and the next one started once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// A spare segment is prepared once the active one holds this many bytes.
+const PREPARE_AFTER: u64 = 1024 * 1024;
+/// Name of the prepared spare segment, and of the file it is prepared in.
+const SPARE: &str = "next.spare";
+const SPARE_TMP: &str = "next.spare.tmp";
+
 /// Event ids the index keeps in memory before it moves them to a file of their own.
 pub const IDS_PER_CHUNK: usize = crate::ids::CHUNK_IDS;
 /// How often the background thread makes changed metadata (checkpoints, cursors) durable.
@@ -66,6 +78,8 @@ pub struct SegmentOptions {
     pub segment_bytes: u64,
     /// sled's page cache for the metadata.
     pub meta_cache_bytes: u64,
+    /// Whether segments are zero-filled ahead of use (see [`SegmentStore`]).
+    pub preallocate: bool,
 }
 
 impl Default for SegmentOptions {
@@ -73,6 +87,7 @@ impl Default for SegmentOptions {
         Self {
             segment_bytes: SEGMENT_BYTES,
             meta_cache_bytes: 4 * 1024 * 1024,
+            preallocate: true,
         }
     }
 }
@@ -156,6 +171,8 @@ struct Writer {
     len: u64,
     /// Entries in the active segment.
     count: u64,
+    /// Whether the active segment was zero-filled ahead of use.
+    preallocated: bool,
     records: Vec<u8>,
     offsets: Vec<u8>,
 }
@@ -188,6 +205,31 @@ pub struct SegmentStore {
     flushed: Mutex<(u64, u64)>,
     ids: IdIndex,
     syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// The next segment, zero-filled ahead of use.
+    spare: Mutex<Spare>,
+}
+
+enum Spare {
+    None,
+    Preparing(JoinHandle<bool>),
+    Ready,
+    /// Preparing it failed at this instant; tried again a while later.
+    Failed(std::time::Instant),
+}
+
+impl Spare {
+    /// Collects a finished preparation.
+    fn poll(&mut self) {
+        if matches!(self, Spare::Preparing(h) if h.is_finished()) {
+            if let Spare::Preparing(h) = std::mem::replace(self, Spare::None) {
+                *self = if h.join().unwrap_or(false) {
+                    Spare::Ready
+                } else {
+                    Spare::Failed(std::time::Instant::now())
+                };
+            }
+        }
+    }
 }
 
 /// Metadata key: the active segment and how many of its bytes a flush made durable.
@@ -211,6 +253,9 @@ impl SegmentStore {
         std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(&log_dir, e))?;
         sync_dir(path)?;
 
+        for leftover in [SPARE, SPARE_TMP] {
+            let _ = std::fs::remove_file(log_dir.join(leftover));
+        }
         let mut firsts = Vec::new();
         for item in std::fs::read_dir(&log_dir).map_err(|e| Error::io(&log_dir, e))? {
             let name = item.map_err(|e| Error::io(&log_dir, e))?.file_name();
@@ -277,6 +322,7 @@ impl SegmentStore {
                 active: active.clone(),
                 len,
                 count,
+                preallocated: false,
                 records: Vec::new(),
                 offsets: Vec::new(),
             }),
@@ -286,6 +332,7 @@ impl SegmentStore {
             flushed: Mutex::new((first, durable.min(len))),
             ids,
             syncer: Some((tx, syncer)),
+            spare: Mutex::new(Spare::None),
         };
         match store.rebuild_ids(rebuild_from, next) {
             Ok(()) => {}
@@ -375,14 +422,18 @@ impl SegmentStore {
         Ok(u64::from_le_bytes(b))
     }
 
-    /// Closes the active segment (durably, offsets included) and starts the next at `first`.
+    /// Closes the active segment (durably, offsets included) and starts the next at `first`, in
+    /// the prepared spare when there is one.
     fn roll(&self, w: &mut Writer, first: u64) -> Result<()> {
         let old = &w.active;
         old.seg
             .sync_data()
             .and_then(|()| old.off.sync_data())
             .map_err(|e| Error::Storage(format!("closing segment {}: {e}", old.first)))?;
-        create_segment(&self.log_dir, first)?;
+        let preallocated = self.take_spare(first)?;
+        if !preallocated {
+            create_segment(&self.log_dir, first)?;
+        }
         let active = Arc::new(Active {
             first,
             seg: Arc::new(open_rw(&seg_path(&self.log_dir, first))?),
@@ -393,8 +444,84 @@ impl SegmentStore {
         w.active = active;
         w.len = 0;
         w.count = 0;
+        w.preallocated = preallocated;
         Ok(())
     }
+
+    /// Whether a prepared spare is waiting.
+    fn spare_ready(&self) -> bool {
+        let mut spare = self.spare.lock();
+        spare.poll();
+        matches!(*spare, Spare::Ready)
+    }
+
+    /// Makes the prepared spare (if any) the segment starting at `first`.
+    fn take_spare(&self, first: u64) -> Result<bool> {
+        let mut spare = self.spare.lock();
+        spare.poll();
+        if !matches!(*spare, Spare::Ready) {
+            return Ok(false);
+        }
+        *spare = Spare::None;
+        let seg = seg_path(&self.log_dir, first);
+        std::fs::rename(self.log_dir.join(SPARE), &seg).map_err(|e| Error::io(&seg, e))?;
+        let off = off_path(&self.log_dir, first);
+        File::create(&off).map_err(|e| Error::io(&off, e))?;
+        sync_dir(&self.log_dir)?;
+        Ok(true)
+    }
+
+    /// Starts zero-filling a spare segment in the background, unless one is there or under way.
+    fn prepare_spare(&self) {
+        let mut spare = self.spare.lock();
+        match *spare {
+            Spare::None => {}
+            Spare::Failed(at) if at.elapsed() > Duration::from_secs(30) => {}
+            _ => return,
+        }
+        let dir = self.log_dir.clone();
+        let bytes = self.opts.segment_bytes;
+        let spawned = std::thread::Builder::new()
+            .name("isnad-journal-spare".into())
+            .spawn(move || match zero_fill_spare(&dir, bytes) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prepare a spare journal segment");
+                    false
+                }
+            });
+        *spare = match spawned {
+            Ok(h) => Spare::Preparing(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the spare segment thread");
+                Spare::Failed(std::time::Instant::now())
+            }
+        };
+    }
+}
+
+/// Writes a segment's worth of zeros to a file that becomes [`SPARE`] once it is durable.
+///
+/// Appends into a zero-filled file change no file size and allocate no block, so the
+/// `fdatasync` of a flush writes the data and nothing else: one device round trip instead of a
+/// data write followed by a filesystem journal commit. It is written in steps, each made durable
+/// before the next, so that it never holds a burst of dirty pages for a flush to wait behind.
+fn zero_fill_spare(dir: &Path, bytes: u64) -> std::io::Result<()> {
+    let tmp = dir.join(SPARE_TMP);
+    let file = File::create(&tmp)?;
+    let zeros = vec![0u8; 256 * 1024];
+    let mut at = 0;
+    while at < bytes {
+        let n = (zeros.len() as u64).min(bytes - at);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+        file.sync_data()?;
+        // Leave the disk to the flushes most of the time.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(file);
+    std::fs::rename(&tmp, dir.join(SPARE))?;
+    File::open(dir)?.sync_all()
 }
 
 impl Drop for SegmentStore {
@@ -404,6 +531,9 @@ impl Drop for SegmentStore {
             let _ = handle.join();
         }
         self.ids.finish_writes();
+        if let Spare::Preparing(h) = std::mem::replace(self.spare.get_mut(), Spare::None) {
+            let _ = h.join();
+        }
     }
 }
 
@@ -538,7 +668,10 @@ impl LogStore for SegmentStore {
                 "append of seqs from {first} where the log continues at {expected}"
             )));
         }
-        if w.len >= self.opts.segment_bytes {
+        // Move to a zero-filled segment as soon as one is ready (the first segment, and the one
+        // a restart left active, are not).
+        if w.len >= self.opts.segment_bytes || (!w.preallocated && w.len > 0 && self.spare_ready())
+        {
             self.roll(&mut w, first)?;
         }
         let w = &mut *w;
@@ -567,6 +700,9 @@ impl LogStore for SegmentStore {
         }
         w.len += w.records.len() as u64;
         w.count += entries.len() as u64;
+        if self.opts.preallocate && w.len >= PREPARE_AFTER.min(self.opts.segment_bytes / 2) {
+            self.prepare_spare();
+        }
         self.ids.insert(ids);
         self.next
             .store(first + entries.len() as u64, Ordering::Release);

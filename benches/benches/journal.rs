@@ -5,17 +5,19 @@
 //!   encoding, the chained SHA-256, the Ed25519 signature, and `Entry::seal` (all three), plus
 //!   `Entry::from_stored` (the decode every read pays);
 //! - `verify/*`: one Ed25519 batch of 256 signatures on one core, the streaming `ChainVerifier`
-//!   over entries already in memory, and `export::verify_store` over a 200,000-entry sled log
+//!   over entries already in memory, and `export::verify_store` over a 200,000-entry log
 //!   (the `isnad journal verify` path: read, decode, hash chain, batched signatures on rayon,
 //!   checkpoints);
-//! - `store/*`: the sled work the sequencer and flusher do per event: an id-index lookup that
+//! - `store/*`: the storage work the sequencer and flusher do per event: an id-index lookup that
 //!   misses (every append checks idempotency), a 64-event batch write (entry and id rows), and the
 //!   same followed by the blocking `flush()` that a group commit waits for;
-//! - `read/*`: replay of the same 200,000-entry log: the raw sled scan, `Journal::scan` (which
+//! - `read/*`: replay of the same 200,000-entry log: the raw store scan, `Journal::scan` (which
 //!   decodes each entry), and `Journal::range` in chunks of 1024 as a lagging consumer reads.
 //!
-//! The sled log is built once (through the journal, batches of 4096) in a temporary directory and
-//! stays in sled's cache, so the read figures are for a warm log.
+//! Each of the two on-disk stores is measured in turn: `segments` (the gateway's: segment files,
+//! ids in memory and on-disk chunks) and `sled` (rows in sled, the format of older logs). Its log
+//! is built once (through the journal, batches of 4096) in a temporary directory and stays in the
+//! page cache, so the read figures are for a warm log.
 
 // `criterion_group!` generates a public function without docs.
 #![allow(missing_docs)]

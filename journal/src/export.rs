@@ -153,7 +153,12 @@ pub fn verify_store(
         }
     }
     let total = store.next_seq()?;
-    let mut v = ChainVerifier::new(recorded, Some(origin), store.checkpoints()?);
+    let checkpoints = match store.checkpoints() {
+        // A note the store itself finds damaged (a checksum) is a problem like a forged one.
+        Err(Error::Corrupt { seq, reason }) => return Ok(Err(Problem { seq, reason })),
+        other => other?,
+    };
+    let mut v = ChainVerifier::new(recorded, Some(origin), checkpoints);
     let mut problem = None;
     let scanned = store.scan(0, total, &mut |seq, bytes| {
         if seq % 8192 == 0 {

@@ -691,8 +691,7 @@ fn recover(
         });
     }
 
-    let checkpoints = store.checkpoints()?;
-    let latest = match checkpoints.last() {
+    let latest = match store.latest_checkpoint()?.as_ref() {
         None => None,
         Some((size, note)) => {
             let bad = |reason: String| Error::Corrupt {

@@ -14,6 +14,7 @@
 //! conformance suite.
 
 pub mod checkpoint;
+mod checkpoint_log;
 pub mod entry;
 mod error;
 pub mod export;

@@ -6,7 +6,8 @@
 //!   log/00000000000000000000.seg   records: len u32 | flags u32 | crc32 u32 | stored entry
 //!   log/00000000000000000000.off   one u64 file offset per entry of the segment
 //!   ids/*.ids                      the event-id index (see `ids.rs`)
-//!   meta/                          sled: checkpoints, cursors, log metadata
+//!   checkpoints                    signed checkpoint notes (see `checkpoint_log.rs`)
+//!   meta/                          sled: cursors, log metadata
 //! ```
 //!
 //! A record's checksum covers its seq, header and bytes. The last record of every `append` call
@@ -22,8 +23,8 @@
 //! zeros after the last record are cut off like any torn tail, and the next spare takes over.
 //!
 //! Flushing syncs the active segment only. Offsets and the id index are derived from the log and
-//! rebuilt on open; the metadata in sled is synced by a background thread every
-//! [`META_SYNC_EVERY`] and by [`LogStore::sync`]. A cursor that a crash left ahead of the recovered
+//! rebuilt on open; checkpoint notes and the metadata in sled are synced by a background thread
+//! every [`META_SYNC_EVERY`] and by [`LogStore::sync`]. A cursor that a crash left ahead of the recovered
 //! log reads back as the log's end.
 //!
 //! Why not rows in sled, as [`crate::SledStore`] keeps them: sled 0.34 keeps metadata in memory
@@ -48,6 +49,7 @@ use isnad_schemas::EventId;
 use parking_lot::{Mutex, RwLock};
 
 use crate::{
+    checkpoint_log::{CheckpointLog, Mark},
     ids::IdIndex,
     store::{open_sled, MetaRows},
     Error, LogStore, Result,
@@ -145,9 +147,9 @@ fn read_record(r: &mut impl std::io::Read, seq: u64, buf: &mut Vec<u8>) -> Resul
 }
 
 /// Reads from a shared file at a position of its own.
-struct At<'a> {
-    file: &'a File,
-    pos: u64,
+pub(crate) struct At<'a> {
+    pub(crate) file: &'a File,
+    pub(crate) pos: u64,
 }
 
 impl std::io::Read for At<'_> {
@@ -179,15 +181,23 @@ struct Writer {
 
 struct Meta {
     rows: MetaRows,
+    checkpoints: CheckpointLog,
     dirty: AtomicBool,
 }
 
 impl Meta {
+    /// Syncs the checkpoint notes, then records how far they are durable with the rest of the
+    /// metadata.
     fn sync(&self) -> Result<()> {
         self.dirty.store(false, Ordering::Release);
+        let mark = self.checkpoints.sync()?;
+        self.rows.set_meta(META_CHECKPOINTS, &mark.encode())?;
         self.rows.sync()
     }
 }
+
+/// Metadata key: the [`Mark`] of the checkpoint notes file.
+const META_CHECKPOINTS: &str = "checkpoints_synced";
 
 /// Entries in segment files, metadata in sled. See the module documentation.
 pub struct SegmentStore {
@@ -245,8 +255,11 @@ impl SegmentStore {
     /// cuts a torn batch off the last segment, rebuilds its offsets and the id index's tail.
     pub fn open_with(path: &Path, opts: SegmentOptions) -> Result<Self> {
         let meta_dir = path.join("meta");
+        let rows = MetaRows::new(open_sled(&meta_dir, opts.meta_cache_bytes)?, &meta_dir)?;
+        let mark = rows.meta(META_CHECKPOINTS)?.and_then(|v| Mark::decode(&v));
         let meta = Arc::new(Meta {
-            rows: MetaRows::new(open_sled(&meta_dir, opts.meta_cache_bytes)?, &meta_dir)?,
+            checkpoints: CheckpointLog::open(&path.join("checkpoints"), mark)?,
+            rows,
             dirty: AtomicBool::new(false),
         });
         let log_dir = path.join("log");
@@ -791,13 +804,17 @@ impl LogStore for SegmentStore {
     }
 
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
-        self.meta.rows.put_checkpoint(size, note)?;
+        self.meta.checkpoints.append(size, note)?;
         self.meta.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
     fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
-        self.meta.rows.checkpoints()
+        self.meta.checkpoints.all()
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>> {
+        Ok(self.meta.checkpoints.latest())
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -45,6 +45,10 @@ pub trait LogStore: Send + Sync + 'static {
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<()>;
     /// All checkpoints, by size.
     fn checkpoints(&self) -> Result<Vec<(u64, String)>>;
+    /// The checkpoint of the largest size, if any.
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>> {
+        Ok(self.checkpoints()?.pop())
+    }
     /// A metadata value.
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Sets a metadata value.
@@ -489,6 +493,9 @@ impl<S: LogStore + ?Sized> LogStore for std::sync::Arc<S> {
     }
     fn checkpoints(&self) -> Result<Vec<(u64, String)>> {
         (**self).checkpoints()
+    }
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>> {
+        (**self).latest_checkpoint()
     }
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         (**self).meta(name)

@@ -249,3 +249,51 @@ fn the_log_moves_onto_zero_filled_segments_and_reopens_from_one() {
         assert_eq!(summary.entries, written);
     }
 }
+
+#[test]
+fn a_forged_checkpoint_note_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = Arc::new(SegmentStore::open(&dir.path().join("journal")).unwrap());
+        let j = Journal::open(store, key(), opts()).unwrap();
+        for i in 0..3 {
+            j.append((i * 10..i * 10 + 10).map(event).collect())
+                .await
+                .unwrap();
+            j.checkpoint_now().await.unwrap();
+        }
+        j.shutdown().await.unwrap();
+    });
+    assert_eq!(verify(dir.path()).unwrap(), 30);
+    let path = dir.path().join("journal").join("checkpoints");
+    let pristine = std::fs::read(&path).unwrap();
+    // The second note (size 20): its root line replaced, the record's checksum recomputed.
+    let first_len = 16 + u32::from_le_bytes(pristine[8..12].try_into().unwrap()) as usize;
+    let at = first_len;
+    let len = u32::from_le_bytes(pristine[at + 8..at + 12].try_into().unwrap()) as usize;
+    let note = String::from_utf8(pristine[at + 16..at + 16 + len].to_vec()).unwrap();
+    assert!(note.contains("\n20\n"), "{note}");
+    let root = note.lines().nth(2).unwrap();
+    let forged = note.replace(root, &"A".repeat(root.len()));
+    let mut rec = Vec::new();
+    rec.extend_from_slice(&pristine[at..at + 12]);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&pristine[at..at + 12]);
+    h.update(forged.as_bytes());
+    rec.extend_from_slice(&h.finalize().to_le_bytes());
+    rec.extend_from_slice(forged.as_bytes());
+    let mut bytes = pristine.clone();
+    bytes.splice(at..at + 16 + len, rec);
+    std::fs::write(&path, &bytes).unwrap();
+    let p = verify(dir.path()).unwrap_err();
+    assert_eq!(p.seq, 19, "{p}");
+    assert!(p.reason.contains("checkpoint"), "{p}");
+
+    // The same edit without the checksum: the store's own check, at the note before it.
+    let mut bytes = pristine.clone();
+    bytes[at + 16 + 40] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let p = verify(dir.path()).unwrap_err();
+    assert!(p.reason.contains("checksum"), "{p}");
+}

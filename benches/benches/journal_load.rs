@@ -1,4 +1,4 @@
-//! Load test of durable appends on a sled journal (a plain bench binary; prints tables).
+//! Load test of durable appends on the on-disk journal (segment files; a plain bench binary; prints tables).
 //!
 //! 1. **Closed-loop throughput**: N tokio tasks (N = 1, 4, 16, 64), each looping
 //!    `append_one(event)` on one shared journal; each append resolves only after the group commit
@@ -254,7 +254,7 @@ fn main() -> AnyResult<()> {
         };
         let label = format!(
             "{writers} writers x {call}, {}",
-            if memory { "memory store" } else { "sled" }
+            if memory { "memory store" } else { "segments" }
         );
         if !wanted(&label) {
             continue;
@@ -294,7 +294,7 @@ fn main() -> AnyResult<()> {
     let interval = Duration::from_micros(100);
     let dir = tempfile::tempdir()?;
     let log = DiskLog::open(dir.path())?;
-    let sled = open_loop(&rt, &log.journal, interval, &d)?;
+    let disk = open_loop(&rt, &log.journal, interval, &d)?;
     rt.block_on(log.journal.shutdown())?;
     let store: Arc<dyn LogStore> = Arc::new(MemStore::new());
     let journal = Journal::open(store, bench_key(), bench_options())?;
@@ -305,27 +305,27 @@ fn main() -> AnyResult<()> {
     println!(
         "Open-loop acknowledgement latency, from scheduled send to ack \
          ({} appends measured per store after {:?} warm-up)",
-        sled.measured, d.latency_warm
+        disk.measured, d.latency_warm
     );
-    println!("{:<22} {:>12} {:>14}", "", "sled", "memory store");
+    println!("{:<22} {:>12} {:>14}", "", "segments", "memory store");
     let pair = |name: &str, a: String, b: String| println!("{name:<22} {a:>12} {b:>14}");
     let rate = |v: f64| format!("{v:.0}/s");
-    pair("offered", rate(sled.offered_per_s), rate(mem.offered_per_s));
+    pair("offered", rate(disk.offered_per_s), rate(mem.offered_per_s));
     pair(
         "acknowledged",
-        rate(sled.achieved_per_s),
+        rate(disk.achieved_per_s),
         rate(mem.achieved_per_s),
     );
     let ms = |v: u64| format!("{:.2} ms", v as f64 / 1000.0);
     for (name, a, b) in [
-        ("p50", sled.p50, mem.p50),
-        ("p90", sled.p90, mem.p90),
-        ("p99", sled.p99, mem.p99),
-        ("p99.9", sled.p999, mem.p999),
-        ("max", sled.max, mem.max),
+        ("p50", disk.p50, mem.p50),
+        ("p90", disk.p90, mem.p90),
+        ("p99", disk.p99, mem.p99),
+        ("p99.9", disk.p999, mem.p999),
+        ("max", disk.max, mem.max),
         (
             "generator lag p99",
-            sled.generator_lag_p99,
+            disk.generator_lag_p99,
             mem.generator_lag_p99,
         ),
     ] {
@@ -333,11 +333,11 @@ fn main() -> AnyResult<()> {
     }
     pair(
         "acks over 5 ms",
-        sled.over_5ms.to_string(),
+        disk.over_5ms.to_string(),
         mem.over_5ms.to_string(),
     );
     let cores = |v: f64| format!("{v:.2}");
-    pair("cpu: ours (cores)", cores(sled.cpu.0), cores(mem.cpu.0));
-    pair("cpu: others (cores)", cores(sled.cpu.1), cores(mem.cpu.1));
+    pair("cpu: ours (cores)", cores(disk.cpu.0), cores(mem.cpu.0));
+    pair("cpu: others (cores)", cores(disk.cpu.1), cores(mem.cpu.1));
     Ok(())
 }

@@ -660,7 +660,10 @@ fn recover(
     key: &VerifyingKey,
     next: u64,
 ) -> Result<(MerkleTree, Option<(Checkpoint, String)>, Hash, i64)> {
-    let mut tree = MerkleTree::pruned(TREE_PRUNED_LEVELS);
+    let mut tree = match store.tree_spill()? {
+        Some(spill) => MerkleTree::pruned_with_spill(TREE_PRUNED_LEVELS, spill),
+        None => MerkleTree::pruned(TREE_PRUNED_LEVELS),
+    };
     let mut err = None;
     store.scan(0, next, &mut |seq, bytes| {
         if seq != tree.size() {

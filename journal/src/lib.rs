@@ -24,6 +24,7 @@ pub mod keys;
 pub mod merkle;
 pub mod segments;
 pub mod store;
+mod tree_files;
 pub mod verify;
 
 pub use checkpoint::Checkpoint;

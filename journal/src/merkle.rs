@@ -63,6 +63,16 @@ pub enum ProofError {
 /// Reads the leaf hashes `[start, end)` that a pruned tree no longer holds (from the log).
 pub type LeafSource<'a> = &'a dyn Fn(u64, u64) -> Result<Vec<Hash>, ProofError>;
 
+/// Where a pruned tree keeps the hashes of its kept levels (at and above the pruning level)
+/// instead of memory: every such hash is a complete subtree's, so each level only ever grows.
+pub trait NodeSpill: Send + Sync {
+    /// Stores the hash of node `index` of `level`. `false` when it could not be stored (the tree
+    /// then keeps it in memory).
+    fn put(&self, level: u32, index: u64, hash: &Hash) -> bool;
+    /// The hash of node `index` of `level`, stored before.
+    fn get(&self, level: u32, index: u64) -> Result<Hash, ProofError>;
+}
+
 /// An append-only Merkle tree that keeps complete subtrees' hashes, so that any root and any
 /// proof costs `O(log n)` hash lookups plus `O(log n)` hashes for the ragged right edge.
 ///
@@ -78,6 +88,8 @@ pub struct MerkleTree {
     bases: Vec<u64>,
     /// Levels below this are pruned (0: none).
     prune: u32,
+    /// Where the kept levels live, when not in memory (see [`MerkleTree::pruned_with_spill`]).
+    spill: Option<std::sync::Arc<dyn NodeSpill>>,
 }
 
 /// What a full tree answers when asked for leaves it should hold: never called.
@@ -108,6 +120,16 @@ impl MerkleTree {
         Self {
             prune: k.min(20),
             ..Self::default()
+        }
+    }
+
+    /// [`MerkleTree::pruned`] that also keeps its levels at and above `k` in `spill` rather than
+    /// in memory, holding only the last few hashes of each: memory stays `O(2^k + log n)`
+    /// however long the log grows.
+    pub fn pruned_with_spill(k: u32, spill: std::sync::Arc<dyn NodeSpill>) -> Self {
+        Self {
+            spill: Some(spill),
+            ..Self::pruned(k)
         }
     }
 
@@ -148,6 +170,7 @@ impl MerkleTree {
             }
             self.levels[level + 1].push(parent);
             level += 1;
+            self.spill_level(level);
         }
         let block = 1u64 << self.prune;
         let size = self.size();
@@ -162,6 +185,28 @@ impl MerkleTree {
         }
     }
 
+    /// Hands the newest hash of a kept `level` to the spill, then keeps only what the next
+    /// append needs in memory: the last two hashes (bases stay even).
+    fn spill_level(&mut self, level: usize) {
+        let Some(spill) = &self.spill else { return };
+        if level < self.prune as usize || self.prune == 0 {
+            return;
+        }
+        let count = self.count(level);
+        let Some(last) = self.levels[level].last() else {
+            return;
+        };
+        if !spill.put(level as u32, count - 1, last) {
+            return;
+        }
+        let keep_from = count.saturating_sub(2) & !1;
+        if keep_from > self.bases[level] {
+            let drop = (keep_from - self.bases[level]) as usize;
+            self.levels[level].drain(..drop);
+            self.bases[level] = keep_from;
+        }
+    }
+
     /// Hash of leaves `[start, end)`, where the range is an RFC 6962 subtree: `start` is a
     /// multiple of the largest power of two not above `end - start`... or the ragged right edge.
     fn subtree(&self, start: u64, end: u64, src: LeafSource<'_>) -> Result<Hash, ProofError> {
@@ -171,6 +216,9 @@ impl MerkleTree {
             let index = start >> k;
             if index >= self.bases[k] {
                 return Ok(self.levels[k][(index - self.bases[k]) as usize]);
+            }
+            if let Some(spill) = self.spill.as_ref().filter(|_| k >= self.prune as usize) {
+                return spill.get(k as u32, index);
             }
             let leaves = src(start, end)?;
             if leaves.len() as u64 != n {
@@ -619,6 +667,56 @@ mod tests {
             if n >= 4 << k {
                 prop_assert!(pruned.held() < full.held());
             }
+        }
+
+        #[test]
+        fn a_tree_that_spills_its_kept_levels_answers_as_the_full_one(n in 1usize..600, k in 1u32..4, seed in any::<u64>()) {
+            let ls = leaves(n);
+            let full = tree(&ls);
+            let spill = std::sync::Arc::new(MemSpill::default());
+            let mut spilled = MerkleTree::pruned_with_spill(k, spill.clone());
+            for l in &ls {
+                spilled.push_leaf_hash(*l);
+            }
+            let src = |a: u64, b: u64| -> Result<Vec<Hash>, ProofError> {
+                Ok(ls[a as usize..b as usize].to_vec())
+            };
+            let size = 1 + (seed as usize % n);
+            let m = (seed as usize / 7) % size;
+            let old = 1 + (seed as usize / 13) % size;
+            prop_assert_eq!(spilled.root_with(size as u64, &src).unwrap(), full.root(size as u64));
+            prop_assert_eq!(
+                spilled.inclusion_proof_with(m as u64, size as u64, &src).unwrap(),
+                full.inclusion_proof(m as u64, size as u64).unwrap()
+            );
+            prop_assert_eq!(
+                spilled.consistency_proof_with(old as u64, size as u64, &src).unwrap(),
+                full.consistency_proof(old as u64, size as u64).unwrap()
+            );
+            // In memory: the last two blocks' low levels and a few hashes per kept level.
+            let kept_levels = 64 - (n as u64).leading_zeros() as usize;
+            prop_assert!(spilled.held() <= 2 * ((2 << k) - 1) + 3 * kept_levels);
+        }
+    }
+
+    /// A [`NodeSpill`] in a map.
+    #[derive(Default)]
+    struct MemSpill(std::sync::Mutex<std::collections::HashMap<(u32, u64), Hash>>);
+
+    impl NodeSpill for MemSpill {
+        fn put(&self, level: u32, index: u64, hash: &Hash) -> bool {
+            self.0.lock().unwrap().insert((level, index), *hash);
+            true
+        }
+        fn get(&self, level: u32, index: u64) -> Result<Hash, ProofError> {
+            self.0
+                .lock()
+                .unwrap()
+                .get(&(level, index))
+                .copied()
+                .ok_or(ProofError::Unavailable(format!(
+                    "no node {index} at level {level}"
+                )))
         }
     }
 

@@ -7,6 +7,7 @@
 //!   log/00000000000000000000.off   one u64 file offset per entry of the segment
 //!   ids/*.ids                      the event-id index (see `ids.rs`)
 //!   checkpoints                    signed checkpoint notes (see `checkpoint_log.rs`)
+//!   tree/level-NN                  the Merkle tree's upper levels (see `tree_files.rs`)
 //!   meta/                          sled: cursors, log metadata
 //! ```
 //!
@@ -815,6 +816,11 @@ impl LogStore for SegmentStore {
 
     fn latest_checkpoint(&self) -> Result<Option<(u64, String)>> {
         Ok(self.meta.checkpoints.latest())
+    }
+
+    fn tree_spill(&self) -> Result<Option<Arc<dyn crate::merkle::NodeSpill>>> {
+        let files = crate::tree_files::TreeFiles::create(self.log_dir.with_file_name("tree"))?;
+        Ok(Some(Arc::new(files)))
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {

@@ -49,6 +49,11 @@ pub trait LogStore: Send + Sync + 'static {
     fn latest_checkpoint(&self) -> Result<Option<(u64, String)>> {
         Ok(self.checkpoints()?.pop())
     }
+    /// Where the journal's Merkle tree may keep its upper levels instead of memory, emptied for
+    /// a rebuild. `None`: in memory.
+    fn tree_spill(&self) -> Result<Option<std::sync::Arc<dyn crate::merkle::NodeSpill>>> {
+        Ok(None)
+    }
     /// A metadata value.
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Sets a metadata value.
@@ -496,6 +501,9 @@ impl<S: LogStore + ?Sized> LogStore for std::sync::Arc<S> {
     }
     fn latest_checkpoint(&self) -> Result<Option<(u64, String)>> {
         (**self).latest_checkpoint()
+    }
+    fn tree_spill(&self) -> Result<Option<std::sync::Arc<dyn crate::merkle::NodeSpill>>> {
+        (**self).tree_spill()
     }
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         (**self).meta(name)

@@ -297,3 +297,35 @@ fn a_forged_checkpoint_note_is_caught() {
     let p = verify(dir.path()).unwrap_err();
     assert!(p.reason.contains("checksum"), "{p}");
 }
+
+#[test]
+fn the_merkle_tree_keeps_its_upper_levels_in_files_and_proves_from_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 5_000u64;
+    write_log(dir.path(), n, 250);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = Arc::new(SegmentStore::open(&dir.path().join("journal")).unwrap());
+        let j = Journal::open(store, key(), opts()).unwrap();
+        // Rebuilt on open: one 32-byte node per complete subtree of 1,024, 2,048 and 4,096.
+        let tree = dir.path().join("journal").join("tree");
+        for (level, nodes) in [(10, 4u64), (11, 2), (12, 1)] {
+            let len = std::fs::metadata(tree.join(format!("level-{level:02}")))
+                .unwrap()
+                .len();
+            assert_eq!(len, nodes * 32, "level {level}");
+        }
+        let (cp, _) = j.checkpoint_now().await.unwrap().unwrap();
+        for i in [0, 1023, 1024, 3000, n - 1] {
+            let proof = j.inclusion_proof(i, n).unwrap();
+            let e = j.entry(i).unwrap().unwrap();
+            isnad_journal::merkle::verify_inclusion(i, n, &e.leaf(), &proof, &cp.root)
+                .unwrap_or_else(|err| panic!("seq {i}: {err}"));
+        }
+        let old = 2048;
+        let old_root = j.root(old).unwrap();
+        let proof = j.consistency_proof(old, n).unwrap();
+        isnad_journal::merkle::verify_consistency(old, n, &old_root, &cp.root, &proof).unwrap();
+        j.shutdown().await.unwrap();
+    });
+}

@@ -1,9 +1,11 @@
 //! The checkpoint notes of a [`crate::SegmentStore`], in an append-only file of their own.
 //!
-//! Records are `size u64 | len u32 | crc32(size ‖ len ‖ note) u32 | note`. Only the latest note
-//! is kept in memory; the full list is read from the file when asked for (verification and
-//! export, which read the whole log anyway). As rows in sled they cost sled's page metadata, about
-//! 40 bytes each for as long as the process ran, one row per 1,024 entries.
+//! Records have the segments' framing (`len u32 | flags u32 | crc32 u32 | bytes`, see
+//! `segments.rs`, with 0 for the seq the checksum covers); their bytes are the checkpoint's size
+//! (`u64`, little-endian) and then the note. Only the latest note is kept in memory; the full list
+//! is read from the file when asked for (verification and export, which read the whole log
+//! anyway). As rows in sled they cost sled's page metadata, about 40 bytes each for as long as the
+//! process ran, one row per 1,024 entries.
 //!
 //! The file is synced before the metadata records how much of it is durable and where its last
 //! record starts ([`Mark`]), so on open only what follows the mark is read: a torn record there is
@@ -18,11 +20,10 @@ use std::{
 
 use parking_lot::Mutex;
 
-use crate::{segments::At, Error, Result};
-
-const HEADER: usize = 16;
-/// Larger than any note the journal signs; a header claiming more is damage.
-const MAX_NOTE: u32 = 64 * 1024;
+use crate::{
+    segments::{encode_record, from_u64_pair, next_record, u64_pair, At, RECORD_HEADER},
+    Error, Result,
+};
 
 /// How much of the file is durable, and where its last record starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -33,15 +34,11 @@ pub(crate) struct Mark {
 
 impl Mark {
     pub(crate) fn encode(&self) -> [u8; 16] {
-        let mut v = [0u8; 16];
-        v[..8].copy_from_slice(&self.len.to_le_bytes());
-        v[8..].copy_from_slice(&self.last.map_or(u64::MAX, |o| o).to_le_bytes());
-        v
+        u64_pair(self.len, self.last.unwrap_or(u64::MAX))
     }
 
     pub(crate) fn decode(v: &[u8]) -> Option<Self> {
-        let len = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
-        let last = u64::from_le_bytes(v.get(8..16)?.try_into().ok()?);
+        let (len, last) = from_u64_pair(v)?;
         Some(Self {
             len,
             last: (last != u64::MAX).then_some(last),
@@ -49,42 +46,16 @@ impl Mark {
     }
 }
 
-fn crc(size: u64, len: u32, note: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&size.to_le_bytes());
-    h.update(&len.to_le_bytes());
-    h.update(note);
-    h.finalize()
-}
-
-/// Reads one record at the reader's position: `Ok(None)` at a clean end, `Err(why)` when what is
-/// there is not a whole, intact record.
-fn read_record(
-    r: &mut impl std::io::Read,
-) -> std::result::Result<Option<(u64, String, u64)>, String> {
-    let mut h = [0u8; HEADER];
-    let mut got = 0;
-    while got < HEADER {
-        match r.read(&mut h[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err("record header cut short".into()),
-            Ok(n) => got += n,
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    let size = u64::from_le_bytes(h[..8].try_into().unwrap_or_default());
-    let len = u32::from_le_bytes(h[8..12].try_into().unwrap_or_default());
-    let sum = u32::from_le_bytes(h[12..].try_into().unwrap_or_default());
-    if len == 0 || len > MAX_NOTE {
-        return Err(format!("record claims a {len}-byte note"));
-    }
-    let mut note = vec![0u8; len as usize];
-    r.read_exact(&mut note).map_err(|e| e.to_string())?;
-    if crc(size, len, &note) != sum {
-        return Err("record fails its checksum".into());
-    }
-    let note = String::from_utf8(note).map_err(|_| "note is not UTF-8".to_string())?;
-    Ok(Some((size, note, (HEADER as u64) + u64::from(len))))
+/// Reads the note at the reader's position: `(size, note, record length)`.
+fn read_note(r: &mut impl std::io::Read) -> std::result::Result<(u64, String, u64), String> {
+    let mut bytes = Vec::new();
+    next_record(r, 0, &mut bytes)?;
+    let (size, note) = bytes
+        .split_at_checked(8)
+        .ok_or("record too short for a note")?;
+    let size = u64::from_le_bytes(size.try_into().unwrap_or_default());
+    let note = String::from_utf8(note.to_vec()).map_err(|_| "note is not UTF-8".to_string())?;
+    Ok((size, note, (RECORD_HEADER + bytes.len()) as u64))
 }
 
 struct State {
@@ -118,43 +89,32 @@ impl CheckpointLog {
             pos: mark.len,
         });
         let (mut pos, mut last, mut latest) = (mark.len, mark.last, None);
-        loop {
-            match read_record(&mut r) {
-                Ok(Some((size, note, n))) => {
-                    last = Some(pos);
-                    latest = Some((size, note));
-                    pos += n;
-                }
-                Ok(None) => break,
-                Err(why) => {
-                    tracing::warn!(
-                        at = pos,
-                        reason = %why,
-                        "cut off a checkpoint note that a crash left incomplete"
-                    );
-                    break;
-                }
-            }
+        // Up to the end of the file, or a note that a crash left incomplete.
+        while let Ok((size, note, n)) = read_note(&mut r) {
+            last = Some(pos);
+            latest = Some((size, note));
+            pos += n;
         }
         drop(r);
         if file_len > pos {
+            tracing::warn!(
+                at = pos,
+                "cut off a checkpoint note that a crash left incomplete"
+            );
             file.set_len(pos)
                 .and_then(|()| file.sync_data())
                 .map_err(|e| Error::io(path, e))?;
         }
-        if latest.is_none() {
-            if let Some(at) = last {
-                let mut r = BufReader::new(At {
-                    file: &file,
-                    pos: at,
-                });
-                latest = read_record(&mut r)
-                    .map_err(|why| Error::Corrupt {
-                        seq: 0,
-                        reason: format!("latest checkpoint note at byte {at}: {why}"),
-                    })?
-                    .map(|(size, note, _)| (size, note));
-            }
+        if let (None, Some(at)) = (&latest, last) {
+            let (size, note, _) = read_note(&mut BufReader::new(At {
+                file: &file,
+                pos: at,
+            }))
+            .map_err(|why| Error::Corrupt {
+                seq: 0,
+                reason: format!("latest checkpoint note at byte {at}: {why}"),
+            })?;
+            latest = Some((size, note));
         }
         Ok(Self {
             path: path.to_owned(),
@@ -169,15 +129,10 @@ impl CheckpointLog {
 
     /// Appends a note.
     pub(crate) fn append(&self, size: u64, note: &str) -> Result<()> {
-        let len = u32::try_from(note.len())
-            .ok()
-            .filter(|&l| l > 0 && l <= MAX_NOTE)
-            .ok_or_else(|| Error::Invalid(format!("a {}-byte checkpoint note", note.len())))?;
-        let mut rec = Vec::with_capacity(HEADER + note.len());
-        rec.extend_from_slice(&size.to_le_bytes());
-        rec.extend_from_slice(&len.to_le_bytes());
-        rec.extend_from_slice(&crc(size, len, note.as_bytes()).to_le_bytes());
-        rec.extend_from_slice(note.as_bytes());
+        let mut bytes = size.to_le_bytes().to_vec();
+        bytes.extend_from_slice(note.as_bytes());
+        let mut rec = Vec::with_capacity(RECORD_HEADER + bytes.len());
+        encode_record(&mut rec, 0, &bytes, 0);
         let mut st = self.state.lock();
         if let Err(e) = self.file.write_all_at(&rec, st.len) {
             let _ = self.file.set_len(st.len);
@@ -217,12 +172,13 @@ impl CheckpointLog {
             pos: 0,
         })
         .take(len);
-        let mut out = Vec::new();
-        let mut pos = 0u64;
-        while let Some((size, note, n)) = read_record(&mut r).map_err(|why| Error::Corrupt {
-            seq: out.last().map_or(0, |(s, _): &(u64, String)| *s),
-            reason: format!("checkpoint note at byte {pos}: {why}"),
-        })? {
+        let (mut out, mut pos) = (Vec::new(), 0u64);
+        while pos < len {
+            let (size, note, n) = read_note(&mut r).map_err(|why| Error::Corrupt {
+                // The entries the last good note covers are the last known good.
+                seq: out.last().map_or(0, |(s, _): &(u64, String)| *s),
+                reason: format!("checkpoint note at byte {pos}: {why}"),
+            })?;
             out.push((size, note));
             pos += n;
         }

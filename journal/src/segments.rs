@@ -35,7 +35,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{BufReader, Read as _, Seek as _, SeekFrom},
+    io::BufReader,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
     sync::{
@@ -69,7 +69,9 @@ pub const IDS_PER_CHUNK: usize = crate::ids::CHUNK_IDS;
 /// How often the background thread makes changed metadata (checkpoints, cursors) durable.
 pub const META_SYNC_EVERY: Duration = Duration::from_millis(200);
 
-const HEADER: usize = 12;
+/// Bytes of a record's header.
+pub(crate) const RECORD_HEADER: usize = 12;
+const HEADER: usize = RECORD_HEADER;
 const END_OF_BATCH: u32 = 1;
 /// Larger than any entry the journal writes; a header claiming more is damage.
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
@@ -111,7 +113,7 @@ fn record_crc(seq: u64, header: &[u8], bytes: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn encode_record(out: &mut Vec<u8>, seq: u64, bytes: &[u8], flags: u32) {
+pub(crate) fn encode_record(out: &mut Vec<u8>, seq: u64, bytes: &[u8], flags: u32) {
     let mut header = [0u8; HEADER];
     header[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
     header[4..8].copy_from_slice(&flags.to_le_bytes());
@@ -128,23 +130,31 @@ fn parse_header(h: &[u8; HEADER]) -> Option<(u32, u32, u32)> {
     (len > 0 && len <= MAX_RECORD && flags & !END_OF_BATCH == 0).then_some((len, flags, crc))
 }
 
-/// Reads the record of `seq` at the reader's position, checking it.
-fn read_record(r: &mut impl std::io::Read, seq: u64, buf: &mut Vec<u8>) -> Result<()> {
-    let corrupt = |reason: &str| Error::Corrupt {
-        seq,
-        reason: reason.to_owned(),
-    };
+/// Reads the record of `seq` at the reader's position into `buf`, checking it. Returns its flags,
+/// or why what is there is not a whole, intact record.
+pub(crate) fn next_record(
+    r: &mut impl std::io::Read,
+    seq: u64,
+    buf: &mut Vec<u8>,
+) -> std::result::Result<u32, String> {
     let mut h = [0u8; HEADER];
     r.read_exact(&mut h)
-        .map_err(|e| corrupt(&format!("record header unreadable: {e}")))?;
-    let (len, _, crc) = parse_header(&h).ok_or_else(|| corrupt("record header is damaged"))?;
+        .map_err(|e| format!("record header unreadable: {e}"))?;
+    let (len, flags, crc) = parse_header(&h).ok_or("record header is damaged")?;
     buf.resize(len as usize, 0);
     r.read_exact(buf)
-        .map_err(|e| corrupt(&format!("record unreadable: {e}")))?;
+        .map_err(|e| format!("record unreadable: {e}"))?;
     if record_crc(seq, &h, buf) != crc {
-        return Err(corrupt("record fails its checksum"));
+        return Err("record fails its checksum".into());
     }
-    Ok(())
+    Ok(flags)
+}
+
+/// [`next_record`] for a record the log holds: anything wrong with it is corruption at `seq`.
+fn read_record(r: &mut impl std::io::Read, seq: u64, buf: &mut Vec<u8>) -> Result<()> {
+    next_record(r, seq, buf)
+        .map(drop)
+        .map_err(|reason| Error::Corrupt { seq, reason })
 }
 
 /// Reads from a shared file at a position of its own.
@@ -183,18 +193,38 @@ struct Writer {
 struct Meta {
     rows: MetaRows,
     checkpoints: CheckpointLog,
+    /// `(segment, bytes)` that the last flush made durable, recorded as [`META_FLUSHED`]: on
+    /// open, damage before it is damage, not a torn write.
+    flushed: Mutex<(u64, u64)>,
     dirty: AtomicBool,
 }
 
 impl Meta {
-    /// Syncs the checkpoint notes, then records how far they are durable with the rest of the
-    /// metadata.
+    /// Syncs the checkpoint notes, then records how far they and the active segment are durable
+    /// with the rest of the metadata.
     fn sync(&self) -> Result<()> {
         self.dirty.store(false, Ordering::Release);
         let mark = self.checkpoints.sync()?;
         self.rows.set_meta(META_CHECKPOINTS, &mark.encode())?;
+        let (first, len) = *self.flushed.lock();
+        self.rows.set_meta(META_FLUSHED, &u64_pair(first, len))?;
         self.rows.sync()
     }
+}
+
+/// Two numbers as a metadata value.
+pub(crate) fn u64_pair(a: u64, b: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&a.to_le_bytes());
+    v[8..].copy_from_slice(&b.to_le_bytes());
+    v
+}
+
+/// The two numbers of a [`u64_pair`] value.
+pub(crate) fn from_u64_pair(v: &[u8]) -> Option<(u64, u64)> {
+    let a = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+    let b = u64::from_le_bytes(v.get(8..16)?.try_into().ok()?);
+    Some((a, b))
 }
 
 /// Metadata key: the [`Mark`] of the checkpoint notes file.
@@ -211,9 +241,6 @@ pub struct SegmentStore {
     /// Read handles of the active segment.
     active: RwLock<Arc<Active>>,
     next: AtomicU64,
-    /// `(segment, bytes)` that the last flush made durable, also kept in the metadata as
-    /// [`META_FLUSHED`]: on open, damage before it is damage, not a torn write.
-    flushed: Mutex<(u64, u64)>,
     ids: IdIndex,
     syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     /// The next segment, zero-filled ahead of use.
@@ -258,11 +285,7 @@ impl SegmentStore {
         let meta_dir = path.join("meta");
         let rows = MetaRows::new(open_sled(&meta_dir, opts.meta_cache_bytes)?, &meta_dir)?;
         let mark = rows.meta(META_CHECKPOINTS)?.and_then(|v| Mark::decode(&v));
-        let meta = Arc::new(Meta {
-            checkpoints: CheckpointLog::open(&path.join("checkpoints"), mark)?,
-            rows,
-            dirty: AtomicBool::new(false),
-        });
+        let checkpoints = CheckpointLog::open(&path.join("checkpoints"), mark)?;
         let log_dir = path.join("log");
         std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(&log_dir, e))?;
         sync_dir(path)?;
@@ -305,15 +328,18 @@ impl SegmentStore {
             }
         }
         let first = *firsts.last().unwrap_or(&0);
-        let flushed = match meta.rows.meta(META_FLUSHED)? {
-            Some(v) if v.len() == 16 => (
-                u64::from_le_bytes(v[..8].try_into().unwrap_or_default()),
-                u64::from_le_bytes(v[8..].try_into().unwrap_or_default()),
-            ),
-            _ => (first, 0),
-        };
+        let flushed = rows
+            .meta(META_FLUSHED)?
+            .and_then(|v| from_u64_pair(&v))
+            .unwrap_or((first, 0));
         let durable = if flushed.0 == first { flushed.1 } else { 0 };
         let (len, count) = recover_last(&log_dir, first, durable)?;
+        let meta = Arc::new(Meta {
+            rows,
+            checkpoints,
+            flushed: Mutex::new((first, durable.min(len))),
+            dirty: AtomicBool::new(false),
+        });
         let active = Arc::new(Active {
             first,
             seg: Arc::new(open_rw(&seg_path(&log_dir, first))?),
@@ -343,7 +369,6 @@ impl SegmentStore {
             segments: RwLock::new(firsts),
             active: RwLock::new(active),
             next: AtomicU64::new(next),
-            flushed: Mutex::new((first, durable.min(len))),
             ids,
             syncer: Some((tx, syncer)),
             spare: Mutex::new(Spare::None),
@@ -591,22 +616,8 @@ fn recover_last(dir: &Path, first: u64, durable: u64) -> Result<(u64, u64)> {
     let (mut pos, mut whole_len, mut whole_count) = (0u64, 0u64, 0usize);
     let mut offsets: Vec<u64> = Vec::new();
     let mut buf = Vec::new();
-    loop {
-        let mut h = [0u8; HEADER];
-        if r.read_exact(&mut h).is_err() {
-            break;
-        }
-        let Some((len, flags, crc)) = parse_header(&h) else {
-            break;
-        };
-        buf.resize(len as usize, 0);
-        if r.read_exact(&mut buf).is_err() {
-            break;
-        }
-        let seq = first + offsets.len() as u64;
-        if record_crc(seq, &h, &buf) != crc {
-            break;
-        }
+    // Up to the first record that is not whole: the end of the log, or a torn write.
+    while let Ok(flags) = next_record(&mut r, first + offsets.len() as u64, &mut buf) {
         offsets.push(pos);
         pos += (HEADER + buf.len()) as u64;
         if flags & END_OF_BATCH != 0 {
@@ -731,13 +742,10 @@ impl LogStore for SegmentStore {
         };
         seg.sync_data()
             .map_err(|e| Error::Storage(format!("fdatasync: {e}")))?;
-        let mut flushed = self.flushed.lock();
+        // Written to the metadata by its next sync, off the path that waits for this flush.
+        let mut flushed = self.meta.flushed.lock();
         if (first, len) > *flushed {
             *flushed = (first, len);
-            let mut v = [0u8; 16];
-            v[..8].copy_from_slice(&first.to_le_bytes());
-            v[8..].copy_from_slice(&len.to_le_bytes());
-            self.meta.rows.set_meta(META_FLUSHED, &v)?;
             self.meta.dirty.store(true, Ordering::Release);
         }
         Ok(())
@@ -777,11 +785,11 @@ impl LogStore for SegmentStore {
                 let i = segs.partition_point(|&f| f <= files.first);
                 segs.get(i).copied().unwrap_or(u64::MAX).min(to)
             };
-            let path = seg_path(&self.log_dir, files.first);
-            let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            file.seek(SeekFrom::Start(Self::offset_of(&files, seq)?))
-                .map_err(|e| Error::io(&path, e))?;
-            let mut r = BufReader::with_capacity(256 * 1024, file);
+            let at = At {
+                file: &files.seg,
+                pos: Self::offset_of(&files, seq)?,
+            };
+            let mut r = BufReader::with_capacity(256 * 1024, at);
             while seq < end {
                 read_record(&mut r, seq, &mut buf)?;
                 if !f(seq, &buf) {

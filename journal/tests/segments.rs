@@ -266,33 +266,30 @@ fn a_forged_checkpoint_note_is_caught() {
         j.shutdown().await.unwrap();
     });
     assert_eq!(verify(dir.path()).unwrap(), 30);
+    // Notes are records of the segments' format (their checksum covers seq 0), holding the
+    // checkpoint's size and then the note.
     let path = dir.path().join("journal").join("checkpoints");
     let pristine = std::fs::read(&path).unwrap();
+    let recs = records(&pristine);
+    assert_eq!(recs.len(), 3);
     // The second note (size 20): its root line replaced, the record's checksum recomputed.
-    let first_len = 16 + u32::from_le_bytes(pristine[8..12].try_into().unwrap()) as usize;
-    let at = first_len;
-    let len = u32::from_le_bytes(pristine[at + 8..at + 12].try_into().unwrap()) as usize;
-    let note = String::from_utf8(pristine[at + 16..at + 16 + len].to_vec()).unwrap();
-    assert!(note.contains("\n20\n"), "{note}");
+    let (at, len) = recs[1];
+    let body = &pristine[at + 12..at + len];
+    assert_eq!(u64::from_le_bytes(body[..8].try_into().unwrap()), 20);
+    let note = String::from_utf8(body[8..].to_vec()).unwrap();
     let root = note.lines().nth(2).unwrap();
     let forged = note.replace(root, &"A".repeat(root.len()));
-    let mut rec = Vec::new();
-    rec.extend_from_slice(&pristine[at..at + 12]);
-    let mut h = crc32fast::Hasher::new();
-    h.update(&pristine[at..at + 12]);
-    h.update(forged.as_bytes());
-    rec.extend_from_slice(&h.finalize().to_le_bytes());
-    rec.extend_from_slice(forged.as_bytes());
     let mut bytes = pristine.clone();
-    bytes.splice(at..at + 16 + len, rec);
+    bytes[at + 20..at + len].copy_from_slice(forged.as_bytes());
+    reseal(&mut bytes, at, 0);
     std::fs::write(&path, &bytes).unwrap();
     let p = verify(dir.path()).unwrap_err();
     assert_eq!(p.seq, 19, "{p}");
     assert!(p.reason.contains("checkpoint"), "{p}");
 
-    // The same edit without the checksum: the store's own check, at the note before it.
+    // The same edit without the checksum: the store's own check.
     let mut bytes = pristine.clone();
-    bytes[at + 16 + 40] ^= 0x01;
+    bytes[at + 20 + 40] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
     let p = verify(dir.path()).unwrap_err();
     assert!(p.reason.contains("checksum"), "{p}");

@@ -152,18 +152,16 @@ impl IdIndex {
         let mut found = Vec::new();
         for item in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let path = item.map_err(|e| Error::io(dir, e))?.path();
-            let keep = path.extension().is_some_and(|x| x == "ids")
-                && read_meta(&path).is_some_and(|m| {
-                    path.file_name()
-                        .is_some_and(|n| n.to_string_lossy() == chunk_name(m.first))
-                });
-            if keep {
-                if let Some(m) = read_meta(&path) {
-                    found.push(m);
-                }
-            } else {
+            let named = |m: &ChunkMeta| {
+                path.file_name()
+                    .is_some_and(|n| n.to_string_lossy() == chunk_name(m.first))
+            };
+            match read_meta(&path).filter(named) {
+                Some(m) => found.push(m),
                 // A half-written chunk, or one that does not check out: derived data, rebuilt.
-                let _ = std::fs::remove_file(&path);
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
         }
         found.sort_by_key(|m| m.first);
@@ -190,7 +188,7 @@ impl IdIndex {
         Ok((index, from))
     }
 
-    /// Records the ids of consecutive entries starting at `first`.
+    /// Records the seqs of event ids (consecutive entries, oldest first).
     pub(crate) fn insert(&self, ids: &[(EventId, u64)]) {
         let mut st = self.state.lock();
         for (id, seq) in ids {

@@ -648,18 +648,7 @@ mod tests {
                 reads.set(reads.get() + 1);
                 Ok(ls[a as usize..b as usize].to_vec())
             };
-            let size = 1 + (seed as usize % n);
-            let m = (seed as usize / 7) % size;
-            let old = 1 + (seed as usize / 13) % size;
-            prop_assert_eq!(pruned.root_with(size as u64, &src).unwrap(), full.root(size as u64));
-            prop_assert_eq!(
-                pruned.inclusion_proof_with(m as u64, size as u64, &src).unwrap(),
-                full.inclusion_proof(m as u64, size as u64).unwrap()
-            );
-            prop_assert_eq!(
-                pruned.consistency_proof_with(old as u64, size as u64, &src).unwrap(),
-                full.consistency_proof(old as u64, size as u64).unwrap()
-            );
+            answers_as(&pruned, &full, &src, n, seed)?;
             // The current root needs nothing from the log.
             reads.set(0);
             prop_assert_eq!(pruned.root_with(n as u64, &src).unwrap(), full.root(n as u64));
@@ -681,22 +670,41 @@ mod tests {
             let src = |a: u64, b: u64| -> Result<Vec<Hash>, ProofError> {
                 Ok(ls[a as usize..b as usize].to_vec())
             };
-            let size = 1 + (seed as usize % n);
-            let m = (seed as usize / 7) % size;
-            let old = 1 + (seed as usize / 13) % size;
-            prop_assert_eq!(spilled.root_with(size as u64, &src).unwrap(), full.root(size as u64));
-            prop_assert_eq!(
-                spilled.inclusion_proof_with(m as u64, size as u64, &src).unwrap(),
-                full.inclusion_proof(m as u64, size as u64).unwrap()
-            );
-            prop_assert_eq!(
-                spilled.consistency_proof_with(old as u64, size as u64, &src).unwrap(),
-                full.consistency_proof(old as u64, size as u64).unwrap()
-            );
+            answers_as(&spilled, &full, &src, n, seed)?;
             // In memory: the last two blocks' low levels and a few hashes per kept level.
             let kept_levels = 64 - (n as u64).leading_zeros() as usize;
             prop_assert!(spilled.held() <= 2 * ((2 << k) - 1) + 3 * kept_levels);
         }
+    }
+
+    /// `tree` (over the same `n` leaves as `full`, reading pruned ones from `src`) gives the
+    /// full tree's root, inclusion proof and consistency proof at sizes and indices drawn from
+    /// `seed`.
+    fn answers_as(
+        tree: &MerkleTree,
+        full: &MerkleTree,
+        src: LeafSource<'_>,
+        n: usize,
+        seed: u64,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let size = 1 + (seed as usize % n);
+        let m = (seed as usize / 7) % size;
+        let old = 1 + (seed as usize / 13) % size;
+        prop_assert_eq!(
+            tree.root_with(size as u64, src).unwrap(),
+            full.root(size as u64)
+        );
+        prop_assert_eq!(
+            tree.inclusion_proof_with(m as u64, size as u64, src)
+                .unwrap(),
+            full.inclusion_proof(m as u64, size as u64).unwrap()
+        );
+        prop_assert_eq!(
+            tree.consistency_proof_with(old as u64, size as u64, src)
+                .unwrap(),
+            full.consistency_proof(old as u64, size as u64).unwrap()
+        );
+        Ok(())
     }
 
     /// A [`NodeSpill`] in a map.

@@ -9,7 +9,7 @@
 
 use std::{fs::File, os::unix::fs::FileExt as _, path::PathBuf};
 
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 
 use crate::{
     merkle::{Hash, NodeSpill, ProofError},
@@ -19,7 +19,7 @@ use crate::{
 /// See the module documentation.
 pub(crate) struct TreeFiles {
     dir: PathBuf,
-    levels: RwLock<Vec<Option<File>>>,
+    levels: Mutex<Vec<Option<File>>>,
 }
 
 impl TreeFiles {
@@ -31,7 +31,7 @@ impl TreeFiles {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(Self {
             dir,
-            levels: RwLock::new(Vec::new()),
+            levels: Mutex::new(Vec::new()),
         })
     }
 
@@ -42,36 +42,23 @@ impl TreeFiles {
 
 impl NodeSpill for TreeFiles {
     fn put(&self, level: u32, index: u64, hash: &Hash) -> bool {
-        let at = index * 32;
-        let written = {
-            let levels = self.levels.read();
-            levels
-                .get(level as usize)
-                .and_then(Option::as_ref)
-                .map(|f| f.write_all_at(hash, at))
+        // Once per 1,024 leaves at most: one lock for everything is plenty.
+        let mut levels = self.levels.lock();
+        if levels.len() <= level as usize {
+            levels.resize_with(level as usize + 1, || None);
+        }
+        let slot = &mut levels[level as usize];
+        let written = match slot {
+            Some(f) => f.write_all_at(hash, index * 32),
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(self.path(level))
+                .and_then(|f| slot.insert(f).write_all_at(hash, index * 32)),
         };
-        let result = match written {
-            Some(r) => r,
-            None => {
-                let mut levels = self.levels.write();
-                if levels.len() <= level as usize {
-                    levels.resize_with(level as usize + 1, || None);
-                }
-                let path = self.path(level);
-                let file = match &levels[level as usize] {
-                    Some(f) => Ok(f),
-                    None => std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&path)
-                        .map(|f| &*levels[level as usize].insert(f)),
-                };
-                file.and_then(|f| f.write_all_at(hash, at))
-            }
-        };
-        match result {
+        match written {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(level, index, error = %e, "cannot write a Merkle tree node; kept in memory");
@@ -81,7 +68,7 @@ impl NodeSpill for TreeFiles {
     }
 
     fn get(&self, level: u32, index: u64) -> std::result::Result<Hash, ProofError> {
-        let levels = self.levels.read();
+        let levels = self.levels.lock();
         let file = levels
             .get(level as usize)
             .and_then(Option::as_ref)

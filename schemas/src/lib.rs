@@ -1,5 +1,7 @@
 //! Types that every isnad component agrees on, and nothing else: the event envelope, every event
-//! payload with its version, and the canonical byte encoding that the journal hashes and signs.
+//! payload with its version, the canonical byte encoding that the journal hashes and signs, the
+//! OpenAI wire types the gateway speaks ([`openai`]) and the reasons it refuses a request
+//! ([`RefusalCode`]).
 //!
 //! This crate performs no I/O. Two rules keep old journals readable forever:
 //!
@@ -12,13 +14,19 @@
 //! relative pointers, unaligned primitives), so they are identical on every platform and can be
 //! read straight out of any buffer, aligned or not.
 
+#[macro_use]
+mod wire_enum;
+
 mod event;
+pub mod openai;
 mod payloads;
+mod refusal;
 
 pub use event::{
     sha256_tagged, Event, EventId, EventJson, NewEvent, ENVELOPE_FORMAT, PAYLOAD_UNDECODED,
 };
 pub use payloads::*;
+pub use refusal::RefusalCode;
 
 /// Errors from encoding or decoding schema types.
 #[derive(Debug, thiserror::Error)]

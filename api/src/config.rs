@@ -86,6 +86,8 @@ pub struct JournalConfig {
     pub checkpoint_interval_ms: u64,
     /// sled's page cache, in MiB (appends need little; whole-log scans like more).
     pub cache_mb: u64,
+    /// Size of a log segment file, in MiB: a segment is closed and the next begun past it.
+    pub segment_mib: u64,
 }
 
 impl Default for JournalConfig {
@@ -95,6 +97,7 @@ impl Default for JournalConfig {
             checkpoint_every: 1024,
             checkpoint_interval_ms: 1000,
             cache_mb: 12,
+            segment_mib: 64,
         }
     }
 }
@@ -107,6 +110,7 @@ impl JournalConfig {
             checkpoint_every: self.checkpoint_every.max(1),
             checkpoint_interval: Duration::from_millis(self.checkpoint_interval_ms.max(1)),
             cache_bytes: self.cache_mb.max(1) * 1024 * 1024,
+            segment_bytes: self.segment_mib.max(1) * 1024 * 1024,
             ..isnad_journal::Options::default()
         }
     }

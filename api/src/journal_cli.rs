@@ -1,5 +1,8 @@
-//! `isnad journal ...`: the auditor's tools. They work on a data directory (with no server
-//! running: the server holds the log's lock) or on an export file, and need no network.
+//! `isnad journal ...`: the auditor's tools. They work on a data directory or on an export file,
+//! and need no network. They never write to the data directory: it is opened read-only
+//! ([`isnad_journal::open_store_read_only`]), so they run as a user who may only read it, and a
+//! write that a crash left incomplete at the log's end is reported, not cut back (only
+//! `isnad serve` repairs the log it runs on).
 
 use std::{
     fs::File,
@@ -16,11 +19,9 @@ use isnad_journal::{
         export_store, parse_entry_line, tree_of, verify_export, verify_store, InclusionBundle,
     },
     keys::{parse_public_key, PUB_FILE},
-    open_store as open_log_store,
-    store::DEFAULT_CACHE_BYTES,
-    store_path,
+    open_store_read_only, store_path,
     verify::{Problem, Summary},
-    Entry, LogStore,
+    Entry, LogStore, TornTail,
 };
 use serde_json::json;
 
@@ -36,7 +37,7 @@ fn open_store(data_dir: &Path) -> anyhow::Result<std::sync::Arc<dyn LogStore>> {
             path.display()
         );
     }
-    open_log_store(data_dir, DEFAULT_CACHE_BYTES)
+    open_store_read_only(data_dir)
         .with_context(|| format!("opening the journal in {}", data_dir.display()))
 }
 
@@ -58,13 +59,20 @@ fn progress_bar(what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn report(result: Result<Summary, Problem>, json_out: bool, what: &str) -> anyhow::Result<i32> {
+fn report(
+    result: Result<Summary, Problem>,
+    torn: Option<TornTail>,
+    json_out: bool,
+    what: &str,
+) -> anyhow::Result<i32> {
     match result {
         Ok(s) => {
             if json_out {
+                let torn = torn
+                    .map(|t| json!({"segment": t.segment, "offset": t.offset, "bytes": t.bytes}));
                 println!(
                     "{}",
-                    json!({"ok": true, "entries": s.entries, "checkpoints": s.checkpoints, "root": B64.encode(s.root)})
+                    json!({"ok": true, "entries": s.entries, "checkpoints": s.checkpoints, "root": B64.encode(s.root), "torn_tail": torn})
                 );
             } else {
                 println!(
@@ -73,6 +81,13 @@ fn report(result: Result<Summary, Problem>, json_out: bool, what: &str) -> anyho
                     s.checkpoints,
                     B64.encode(s.root)
                 );
+                if let Some(t) = torn {
+                    println!(
+                        "NOTE: past the last whole batch, the log ends in a write a crash left incomplete ({t}). \
+                         It was never acknowledged and is not part of the log; nothing was changed \
+                         (`isnad serve` cuts it back when it next starts)."
+                    );
+                }
             }
             Ok(0)
         }
@@ -107,6 +122,7 @@ pub fn verify(data_dir: &Path, public_key: Option<&Path>, json_out: bool) -> any
     pb.finish_and_clear();
     report(
         result,
+        store.torn_tail(),
         json_out,
         &format!("journal in {}", data_dir.display()),
     )
@@ -173,7 +189,12 @@ pub fn verify_export_file(
             "note: no --public-key given; the export was checked against the key in its own header"
         );
     }
-    report(result, json_out, &format!("export {}", file.display()))
+    report(
+        result,
+        None,
+        json_out,
+        &format!("export {}", file.display()),
+    )
 }
 
 /// `journal prove`: an inclusion proof bundle for one entry, from a data directory or an export.

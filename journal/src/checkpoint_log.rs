@@ -72,12 +72,13 @@ pub(crate) struct CheckpointLog {
 }
 
 impl CheckpointLog {
-    /// Opens (or creates) the file at `path`, of which `mark` was recorded durable.
-    pub(crate) fn open(path: &Path, mark: Option<Mark>) -> Result<Self> {
+    /// Opens (or, when `writable`, creates) the file at `path`, of which `mark` was recorded
+    /// durable. Read-only, a note that a crash left incomplete is left where it is.
+    pub(crate) fn open(path: &Path, mark: Option<Mark>, writable: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(true)
+            .write(writable)
+            .create(writable)
             .truncate(false)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
@@ -96,7 +97,12 @@ impl CheckpointLog {
             pos += n;
         }
         drop(r);
-        if file_len > pos {
+        if file_len > pos && !writable {
+            tracing::warn!(
+                at = pos,
+                "the checkpoint notes end in one a crash left incomplete; left as it is"
+            );
+        } else if file_len > pos {
             tracing::warn!(
                 at = pos,
                 "cut off a checkpoint note that a crash left incomplete"
@@ -196,7 +202,7 @@ mod tests {
     fn notes_survive_reopen_and_a_torn_one_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("checkpoints");
-        let log = CheckpointLog::open(&path, None).unwrap();
+        let log = CheckpointLog::open(&path, None, true).unwrap();
         for size in [10u64, 20, 30] {
             log.append(size, &format!("note for {size}\n")).unwrap();
         }
@@ -209,7 +215,7 @@ mod tests {
         (&f).write_all(&50u64.to_le_bytes()).unwrap();
         drop(f);
 
-        let log = CheckpointLog::open(&path, Some(mark)).unwrap();
+        let log = CheckpointLog::open(&path, Some(mark), true).unwrap();
         assert_eq!(log.latest(), Some((40, "note for 40\n".into())));
         let sizes: Vec<u64> = log.all().unwrap().iter().map(|(s, _)| *s).collect();
         assert_eq!(sizes, [10, 20, 30, 40]);
@@ -218,7 +224,7 @@ mod tests {
         drop(log);
 
         // Opened from its mark alone, the latest is read back from where the mark says.
-        let log = CheckpointLog::open(&path, Some(mark)).unwrap();
+        let log = CheckpointLog::open(&path, Some(mark), true).unwrap();
         assert_eq!(log.latest(), Some((50, "note for 50\n".into())));
         assert_eq!(log.all().unwrap().len(), 5);
     }

@@ -52,6 +52,9 @@ pub enum Error {
     /// A caller passed something unusable.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A write to a log opened read-only (the auditor's tools open it so).
+    #[error("the log is open read-only")]
+    ReadOnly,
 }
 
 impl Error {

@@ -64,6 +64,8 @@ pub struct Options {
     pub cache_bytes: u64,
     /// Most events in one group commit.
     pub max_batch: usize,
+    /// Size at which [`Journal::open_dir`]'s segment files are closed and the next begun.
+    pub segment_bytes: u64,
     /// Longest that entries appended without waiting for durability
     /// ([`Journal::append_sequenced`]) stay unflushed, so that they share a flush with later
     /// appends. Durable appends are flushed at once, together with whatever is pending.
@@ -80,6 +82,7 @@ impl Default for Options {
             max_batch: 8192,
             cache_bytes: 12 * 1024 * 1024,
             flush_delay: Duration::from_millis(2),
+            segment_bytes: crate::segments::SEGMENT_BYTES,
         }
     }
 }
@@ -221,22 +224,49 @@ pub fn store_path(data_dir: &Path) -> std::path::PathBuf {
 /// written before segment files existed (recognised by sled's `db` file), which stays as it is.
 /// `cache_bytes` is sled's page cache.
 pub fn open_store(data_dir: &Path, cache_bytes: u64) -> Result<Arc<dyn LogStore>> {
+    open_store_with(
+        data_dir,
+        SegmentOptions {
+            meta_cache_bytes: cache_bytes,
+            ..SegmentOptions::default()
+        },
+    )
+}
+
+fn open_store_with(data_dir: &Path, opts: SegmentOptions) -> Result<Arc<dyn LogStore>> {
     let path = store_path(data_dir);
     if path.join("db").is_file() {
-        return Ok(Arc::new(SledStore::open_with_cache(&path, cache_bytes)?));
+        return Ok(Arc::new(SledStore::open_with_cache(
+            &path,
+            opts.meta_cache_bytes,
+        )?));
     }
-    let opts = SegmentOptions {
-        meta_cache_bytes: cache_bytes,
-        ..SegmentOptions::default()
-    };
     Ok(Arc::new(SegmentStore::open_with(&path, opts)?))
+}
+
+/// Opens the journal's storage in `data_dir` for reading only, as the auditor's tools do:
+/// nothing in `data_dir` is written, and no write permission is needed (see
+/// [`SegmentStore::open_read_only`] and [`SledStore::open_read_only`]). Every write is refused.
+pub fn open_store_read_only(data_dir: &Path) -> Result<Arc<dyn LogStore>> {
+    let path = store_path(data_dir);
+    if path.join("db").is_file() {
+        return Ok(Arc::new(SledStore::open_read_only(&path)?));
+    }
+    Ok(Arc::new(SegmentStore::open_read_only(&path)?))
 }
 
 impl Journal {
     /// Opens the journal in `data_dir` ([`open_store`] under `journal/`, node key beside it).
     pub fn open_dir(data_dir: &Path, opts: Options) -> Result<Self> {
         let key = NodeKey::load_or_create(data_dir)?;
-        let store = open_store(data_dir, opts.cache_bytes)?;
+        let store = open_store_with(
+            data_dir,
+            SegmentOptions {
+                meta_cache_bytes: opts.cache_bytes,
+                segment_bytes: opts.segment_bytes,
+                ..SegmentOptions::default()
+            },
+        )?;
         Self::open(store, key, opts)
     }
 
@@ -1206,8 +1236,9 @@ fn flusher(shared: &Shared, f: &Flushers) {
         }
     }
     if f.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-        // A checkpoint written on the busy path waits for the next flush; make it durable now.
-        if let Err(e) = shared.store.sync() {
+        // A checkpoint written on the busy path waits for the next flush; make it durable now,
+        // and record the clean close.
+        if let Err(e) = shared.store.close() {
             tracing::error!(error = %e, "final journal flush failed");
         }
         shared.closed.store(true, Ordering::Release);

@@ -30,8 +30,11 @@ pub mod verify;
 pub use checkpoint::Checkpoint;
 pub use entry::Entry;
 pub use error::{Error, Result};
-pub use journal::{open_store, store_path, Journal, Options, Receipt, Subscription, Watermark};
+pub use journal::{
+    open_store, open_store_read_only, store_path, Journal, Options, Receipt, Subscription,
+    Watermark,
+};
 pub use keys::NodeKey;
 pub use merkle::Hash;
 pub use segments::{SegmentOptions, SegmentStore};
-pub use store::{LogStore, MemStore, SledStore};
+pub use store::{LogStore, MemStore, SledStore, TornTail};

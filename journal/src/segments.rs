@@ -20,8 +20,15 @@
 //! Segments are zero-filled ahead of use by a background thread (the spare, `log/next.spare`),
 //! and the store moves onto the spare as soon as it is ready: an append into a zero-filled file
 //! changes no size and allocates no block, so a flush's `fdatasync` is one device write, not a
-//! write and a filesystem journal commit (benches/RESULTS.md has the difference). On open the
-//! zeros after the last record are cut off like any torn tail, and the next spare takes over.
+//! write and a filesystem journal commit (benches/RESULTS.md has the difference). The zero fill
+//! after the last record is not a torn write: on open it stays, and appends go on into it.
+//!
+//! A clean close ([`LogStore::close`]) records the active segment's end in the metadata, so the
+//! next open knows what follows it is zero fill without reading it. Otherwise (a kill or crash)
+//! open reads past the last whole batch: non-zero bytes there are a torn write, which a writable
+//! open cuts back (zeroing it inside zero fill) and reports with its segment, offset and length;
+//! a read-only open ([`SegmentStore::open_read_only`], the auditor's tools) reports it through
+//! [`LogStore::torn_tail`] and changes nothing.
 //!
 //! Flushing syncs the active segment only. Offsets and the id index are derived from the log and
 //! rebuilt on open; checkpoint notes and the metadata in sled are synced by a background thread
@@ -52,7 +59,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::{
     checkpoint_log::{CheckpointLog, Mark},
     ids::IdIndex,
-    store::{open_sled, MetaRows},
+    store::{open_sled, MetaRows, TornTail},
     Error, LogStore, Result,
 };
 
@@ -171,11 +178,28 @@ impl std::io::Read for At<'_> {
     }
 }
 
+/// A segment's entry offsets: its `.off` file, or (read-only, for the last segment, whose file
+/// only a writable open rebuilds) the offsets found by reading the segment through.
+enum Offsets {
+    File(Arc<File>),
+    Memory(Vec<u64>),
+}
+
 /// The segment being appended to.
 struct Active {
     first: u64,
     seg: Arc<File>,
-    off: Arc<File>,
+    off: Offsets,
+}
+
+impl Active {
+    /// The offsets file, to write.
+    fn off_file(&self) -> Result<&File> {
+        match &self.off {
+            Offsets::File(f) => Ok(f),
+            Offsets::Memory(_) => Err(Error::ReadOnly),
+        }
+    }
 }
 
 struct Writer {
@@ -241,10 +265,15 @@ pub struct SegmentStore {
     /// Read handles of the active segment.
     active: RwLock<Arc<Active>>,
     next: AtomicU64,
-    ids: IdIndex,
+    /// The event-id index; `None` read-only, where [`LogStore::seq_of`] scans instead.
+    ids: Option<IdIndex>,
     syncer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     /// The next segment, zero-filled ahead of use.
     spare: Mutex<Spare>,
+    /// Opened by [`SegmentStore::open_read_only`].
+    read_only: bool,
+    /// What open found past the last whole batch.
+    torn: Option<TornTail>,
 }
 
 enum Spare {
@@ -272,6 +301,9 @@ impl Spare {
 
 /// Metadata key: the active segment and how many of its bytes a flush made durable.
 const META_FLUSHED: &str = "segment_flushed";
+/// Metadata key: the active segment and its length when [`LogStore::close`] closed the log; the
+/// next writable open removes it before anything is appended.
+const META_CLOSED: &str = "segment_closed";
 
 impl SegmentStore {
     /// Opens (or creates) the store in `path` with default options.
@@ -282,30 +314,58 @@ impl SegmentStore {
     /// Opens (or creates) the store in `path`: takes the directory's lock (sled's, on `meta/`),
     /// cuts a torn batch off the last segment, rebuilds its offsets and the id index's tail.
     pub fn open_with(path: &Path, opts: SegmentOptions) -> Result<Self> {
-        let meta_dir = path.join("meta");
-        let rows = MetaRows::new(open_sled(&meta_dir, opts.meta_cache_bytes)?, &meta_dir)?;
-        let mark = rows.meta(META_CHECKPOINTS)?.and_then(|v| Mark::decode(&v));
-        let checkpoints = CheckpointLog::open(&path.join("checkpoints"), mark)?;
-        let log_dir = path.join("log");
-        std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(&log_dir, e))?;
-        sync_dir(path)?;
+        Self::open_in(path, opts, true)
+    }
 
-        for leftover in [SPARE, SPARE_TMP] {
-            let _ = std::fs::remove_file(log_dir.join(leftover));
+    /// Opens the store in `path` for reading only, as the auditor's tools do: nothing under
+    /// `path` is written, created, cut or deleted, and no lock is taken, so it needs no write
+    /// permission. The metadata is read from a private copy (sled cannot open read-only); the
+    /// last segment's offsets are found by reading it through; a write that a crash left
+    /// incomplete at its end is reported by [`LogStore::torn_tail`] and left where it is. Every
+    /// write is refused with [`Error::ReadOnly`].
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.join("log").is_dir() {
+            return Err(Error::NotFound(format!(
+                "no journal segments in {}",
+                path.display()
+            )));
         }
-        let mut firsts = Vec::new();
-        for item in std::fs::read_dir(&log_dir).map_err(|e| Error::io(&log_dir, e))? {
-            let name = item.map_err(|e| Error::io(&log_dir, e))?.file_name();
-            let name = name.to_string_lossy();
-            if let Some(first) = name
-                .strip_suffix(".seg")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                firsts.push(first);
+        Self::open_in(path, SegmentOptions::default(), false)
+    }
+
+    fn open_in(path: &Path, opts: SegmentOptions, writable: bool) -> Result<Self> {
+        let meta_dir = path.join("meta");
+        let rows = if writable {
+            MetaRows::new(open_sled(&meta_dir, opts.meta_cache_bytes)?, &meta_dir)?
+        } else {
+            MetaRows::open_copy(&meta_dir, opts.meta_cache_bytes)?
+        };
+        let mark = rows.meta(META_CHECKPOINTS)?.and_then(|v| Mark::decode(&v));
+        let checkpoints = CheckpointLog::open(&path.join("checkpoints"), mark, writable)?;
+        let log_dir = path.join("log");
+        let mut spare = Spare::None;
+        if writable {
+            std::fs::create_dir_all(&log_dir).map_err(|e| Error::io(&log_dir, e))?;
+            sync_dir(path)?;
+            let _ = std::fs::remove_file(log_dir.join(SPARE_TMP));
+            // A spare is renamed into place only once it is whole and durable.
+            let ready = log_dir.join(SPARE);
+            match std::fs::metadata(&ready) {
+                Ok(m) if m.len() == opts.segment_bytes => spare = Spare::Ready,
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&ready);
+                }
+                Err(_) => {}
             }
         }
-        firsts.sort_unstable();
+        let mut firsts = list_segments(&log_dir)?;
         if firsts.is_empty() {
+            if !writable {
+                return Err(Error::NotFound(format!(
+                    "no journal segments in {}",
+                    log_dir.display()
+                )));
+            }
             create_segment(&log_dir, 0)?;
             firsts.push(0);
         }
@@ -333,7 +393,60 @@ impl SegmentStore {
             .and_then(|v| from_u64_pair(&v))
             .unwrap_or((first, 0));
         let durable = if flushed.0 == first { flushed.1 } else { 0 };
-        let (len, count) = recover_last(&log_dir, first, durable)?;
+        let closed = rows.meta(META_CLOSED)?.and_then(|v| from_u64_pair(&v));
+        let found = read_last(&log_dir, first, durable, closed)?;
+        let seg_file = seg_path(&log_dir, first);
+        let off_file = off_path(&log_dir, first);
+        let open_file = |p: &Path| if writable { open_rw(p) } else { open_ro(p) };
+        let (len, count, off, file_len) = match found.damaged {
+            // Left exactly as it is, its entries counted by its offsets file, for verification
+            // to report the damage at its seq.
+            Some(kept) => (
+                found.file_len,
+                kept,
+                Offsets::File(Arc::new(open_file(&off_file)?)),
+                found.file_len,
+            ),
+            None if writable => {
+                let file_len = repair_last(&log_dir, first, &found)?;
+                let off = Offsets::File(Arc::new(open_rw(&off_file)?));
+                (found.whole_len, found.offsets.len() as u64, off, file_len)
+            }
+            None => {
+                if let Some(t) = found.torn {
+                    tracing::warn!(
+                        segment = t.segment,
+                        offset = t.offset,
+                        bytes = t.bytes,
+                        "the log ends in a write a crash left incomplete: not part of the log, left as it is (`isnad serve` cuts it back)"
+                    );
+                }
+                let n = found.offsets.len() as u64;
+                (
+                    found.whole_len,
+                    n,
+                    Offsets::Memory(found.offsets),
+                    found.file_len,
+                )
+            }
+        };
+        if writable {
+            if found.torn.is_none() && found.damaged.is_none() {
+                if found.clean {
+                    tracing::debug!(segment = first, "the journal was closed cleanly");
+                } else {
+                    tracing::info!(
+                        segment = first,
+                        "the journal was not closed cleanly (the process was killed or crashed); its end was whole, nothing was cut"
+                    );
+                }
+            }
+            if closed.is_some() {
+                // Appends follow: the mark must not outlive the state it describes.
+                rows.set_meta(META_CLOSED, &[])?;
+                rows.sync()?;
+            }
+        }
         let meta = Arc::new(Meta {
             rows,
             checkpoints,
@@ -342,18 +455,23 @@ impl SegmentStore {
         });
         let active = Arc::new(Active {
             first,
-            seg: Arc::new(open_rw(&seg_path(&log_dir, first))?),
-            off: Arc::new(open_rw(&off_path(&log_dir, first))?),
+            seg: Arc::new(open_file(&seg_file)?),
+            off,
         });
         let next = first + count;
 
-        let (ids, rebuild_from) = IdIndex::open(&path.join("ids"), next)?;
-        let (tx, rx) = mpsc::channel::<()>();
-        let syncer_meta = meta.clone();
-        let syncer = std::thread::Builder::new()
-            .name("isnad-journal-meta".into())
-            .spawn(move || sync_meta_until_closed(&syncer_meta, &rx))
-            .map_err(|e| Error::Storage(format!("cannot start the metadata thread: {e}")))?;
+        let (ids, rebuild_from, syncer) = if writable {
+            let (ids, from) = IdIndex::open(&path.join("ids"), next)?;
+            let (tx, rx) = mpsc::channel::<()>();
+            let syncer_meta = meta.clone();
+            let syncer = std::thread::Builder::new()
+                .name("isnad-journal-meta".into())
+                .spawn(move || sync_meta_until_closed(&syncer_meta, &rx))
+                .map_err(|e| Error::Storage(format!("cannot start the metadata thread: {e}")))?;
+            (Some(ids), from, Some((tx, syncer)))
+        } else {
+            (None, next, None)
+        };
         let store = Self {
             log_dir,
             opts,
@@ -362,7 +480,9 @@ impl SegmentStore {
                 active: active.clone(),
                 len,
                 count,
-                preallocated: false,
+                // Zero-filled past its data: appends go on into it (a closed or killed log's
+                // spare stays one across a restart).
+                preallocated: file_len > len,
                 records: Vec::new(),
                 offsets: Vec::new(),
             }),
@@ -370,8 +490,10 @@ impl SegmentStore {
             active: RwLock::new(active),
             next: AtomicU64::new(next),
             ids,
-            syncer: Some((tx, syncer)),
-            spare: Mutex::new(Spare::None),
+            syncer,
+            spare: Mutex::new(spare),
+            read_only: !writable,
+            torn: found.torn,
         };
         match store.rebuild_ids(rebuild_from, next) {
             Ok(()) => {}
@@ -386,6 +508,9 @@ impl SegmentStore {
     }
 
     fn rebuild_ids(&self, from: u64, to: u64) -> Result<()> {
+        let Some(ids) = &self.ids else {
+            return Ok(());
+        };
         let mut batch: Vec<(EventId, u64)> = Vec::new();
         let mut bad = None;
         self.scan(
@@ -395,7 +520,7 @@ impl SegmentStore {
                 Ok(e) => {
                     batch.push((e.event.id, seq));
                     if batch.len() == 4096 {
-                        self.ids.insert(&batch);
+                        ids.insert(&batch);
                         batch.clear();
                     }
                     true
@@ -406,7 +531,7 @@ impl SegmentStore {
                 }
             },
         )?;
-        self.ids.insert(&batch);
+        ids.insert(&batch);
         bad.map_or(Ok(()), Err)
     }
 
@@ -421,12 +546,14 @@ impl SegmentStore {
 
     /// Id index chunk files on disk and ids it holds in memory.
     pub fn id_index_footprint(&self) -> (usize, usize) {
-        self.ids.footprint()
+        self.ids.as_ref().map_or((0, 0), IdIndex::footprint)
     }
 
     /// Waits until id index chunks being written are on disk.
     pub fn finish_background_writes(&self) {
-        self.ids.finish_writes();
+        if let Some(ids) = &self.ids {
+            ids.finish_writes();
+        }
     }
 
     /// The files holding `seq`: the active segment's shared handles, or an older segment's.
@@ -444,30 +571,39 @@ impl SegmentStore {
         let off = off_path(&self.log_dir, first);
         Ok(Arc::new(Active {
             first,
-            seg: Arc::new(File::open(&seg).map_err(|e| Error::io(&seg, e))?),
-            off: Arc::new(File::open(&off).map_err(|e| Error::io(&off, e))?),
+            seg: Arc::new(open_ro(&seg)?),
+            off: Offsets::File(Arc::new(open_ro(&off)?)),
         }))
     }
 
     fn offset_of(files: &Active, seq: u64) -> Result<u64> {
-        let mut b = [0u8; 8];
-        files
-            .off
-            .read_exact_at(&mut b, (seq - files.first) * 8)
-            .map_err(|e| Error::Corrupt {
-                seq,
-                reason: format!("offset unreadable: {e}"),
-            })?;
-        Ok(u64::from_le_bytes(b))
+        let i = seq - files.first;
+        let unreadable = |why: String| Error::Corrupt {
+            seq,
+            reason: format!("offset unreadable: {why}"),
+        };
+        match &files.off {
+            Offsets::File(f) => {
+                let mut b = [0u8; 8];
+                f.read_exact_at(&mut b, i * 8)
+                    .map_err(|e| unreadable(e.to_string()))?;
+                Ok(u64::from_le_bytes(b))
+            }
+            Offsets::Memory(v) => usize::try_from(i)
+                .ok()
+                .and_then(|i| v.get(i).copied())
+                .ok_or_else(|| unreadable("past the segment's last entry".into())),
+        }
     }
 
     /// Closes the active segment (durably, offsets included) and starts the next at `first`, in
     /// the prepared spare when there is one.
     fn roll(&self, w: &mut Writer, first: u64) -> Result<()> {
         let old = &w.active;
+        let old_off = old.off_file()?;
         old.seg
             .sync_data()
-            .and_then(|()| old.off.sync_data())
+            .and_then(|()| old_off.sync_data())
             .map_err(|e| Error::Storage(format!("closing segment {}: {e}", old.first)))?;
         let preallocated = self.take_spare(first)?;
         if !preallocated {
@@ -476,7 +612,7 @@ impl SegmentStore {
         let active = Arc::new(Active {
             first,
             seg: Arc::new(open_rw(&seg_path(&self.log_dir, first))?),
-            off: Arc::new(open_rw(&off_path(&self.log_dir, first))?),
+            off: Offsets::File(Arc::new(open_rw(&off_path(&self.log_dir, first))?)),
         });
         self.segments.write().push(first);
         *self.active.write() = active.clone();
@@ -569,7 +705,7 @@ impl Drop for SegmentStore {
             drop(tx);
             let _ = handle.join();
         }
-        self.ids.finish_writes();
+        self.finish_background_writes();
         if let Spare::Preparing(h) = std::mem::replace(self.spare.get_mut(), Spare::None) {
             let _ = h.join();
         }
@@ -582,6 +718,27 @@ fn open_rw(path: &Path) -> Result<File> {
         .write(true)
         .open(path)
         .map_err(|e| Error::io(path, e))
+}
+
+fn open_ro(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| Error::io(path, e))
+}
+
+/// The first seq of every segment file in `log_dir`, ascending.
+fn list_segments(log_dir: &Path) -> Result<Vec<u64>> {
+    let mut firsts = Vec::new();
+    for item in std::fs::read_dir(log_dir).map_err(|e| Error::io(log_dir, e))? {
+        let name = item.map_err(|e| Error::io(log_dir, e))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(first) = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            firsts.push(first);
+        }
+    }
+    firsts.sort_unstable();
+    Ok(firsts)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -602,15 +759,30 @@ fn create_segment(dir: &Path, first: u64) -> Result<()> {
     sync_dir(dir)
 }
 
-/// Reads the last segment through, cuts it back to its last whole batch and rewrites its offsets.
-/// Returns its length in bytes and entries.
+/// The last segment as open found it, before anything was changed.
+struct Found {
+    file_len: u64,
+    /// Offsets of the entries of its whole batches.
+    offsets: Vec<u64>,
+    /// End of its last whole batch.
+    whole_len: u64,
+    /// A record the log had made durable is damaged: the entries its offsets file counts.
+    damaged: Option<u64>,
+    /// Non-zero bytes past the last whole batch.
+    torn: Option<TornTail>,
+    /// The log was closed cleanly at exactly this end.
+    clean: bool,
+}
+
+/// Reads the last segment through to the end of its last whole batch, changing nothing.
 ///
-/// Only a torn write is cut: a bad record inside the first `durable` bytes (what a flush made
-/// durable) is damage, and the segment is left exactly as it is, its entries counted by its
-/// offsets file, for verification to report at that seq.
-fn recover_last(dir: &Path, first: u64, durable: u64) -> Result<(u64, u64)> {
+/// Only a torn write is past that end: a bad record inside the first `durable` bytes (what a
+/// flush made durable) is damage. Past the end there is zero fill (a segment prepared ahead of
+/// use), a torn write, or both; the bytes up to the last non-zero one are the torn write. When
+/// `closed` records a clean close at exactly this end, the zero fill is not read.
+fn read_last(dir: &Path, first: u64, durable: u64, closed: Option<(u64, u64)>) -> Result<Found> {
     let path = seg_path(dir, first);
-    let file = open_rw(&path)?;
+    let file = open_ro(&path)?;
     let file_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
     let mut r = BufReader::with_capacity(1 << 20, &file);
     let (mut pos, mut whole_len, mut whole_count) = (0u64, 0u64, 0usize);
@@ -626,28 +798,87 @@ fn recover_last(dir: &Path, first: u64, durable: u64) -> Result<(u64, u64)> {
         }
     }
     drop(r);
-    let off = off_path(dir, first);
+    let mut found = Found {
+        file_len,
+        offsets,
+        whole_len,
+        damaged: None,
+        torn: None,
+        clean: false,
+    };
     if pos < durable.min(file_len) {
+        let off = off_path(dir, first);
         let kept = std::fs::metadata(&off).map_or(0, |m| m.len() / 8);
         tracing::error!(
             segment = first,
-            seq = first + offsets.len() as u64,
+            seq = first + found.offsets.len() as u64,
             "a record the log had made durable is damaged; the segment is left as it is"
         );
-        return Ok((file_len, kept.max(offsets.len() as u64)));
+        found.damaged = Some(kept.max(found.offsets.len() as u64));
+        return Ok(found);
     }
-    offsets.truncate(whole_count);
-    if file_len > whole_len {
-        file.set_len(whole_len)
-            .and_then(|()| file.sync_data())
+    found.offsets.truncate(whole_count);
+    found.clean = closed == Some((first, whole_len));
+    if !found.clean {
+        let end = last_nonzero_end(&file, whole_len, file_len).map_err(|e| Error::io(&path, e))?;
+        found.torn = (end > whole_len).then_some(TornTail {
+            segment: first,
+            offset: whole_len,
+            bytes: end - whole_len,
+        });
+    }
+    Ok(found)
+}
+
+/// One past the last non-zero byte of `file` in `[from, to)`, or `from` when all are zero.
+fn last_nonzero_end(file: &File, from: u64, to: u64) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut end) = (from, from);
+    while at < to {
+        let n = (buf.len() as u64).min(to - at) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            end = at + i as u64 + 1;
+        }
+        at += n as u64;
+    }
+    Ok(end)
+}
+
+/// Makes the last segment end at its last whole batch (zeroing a torn write that zero fill
+/// follows, so the segment stays prepared; cutting the file back otherwise) and rewrites its
+/// offsets file. Returns the segment file's length.
+fn repair_last(dir: &Path, first: u64, found: &Found) -> Result<u64> {
+    let path = seg_path(dir, first);
+    let mut file_len = found.file_len;
+    if let Some(t) = found.torn {
+        let file = open_rw(&path)?;
+        let done = if t.offset + t.bytes < file_len {
+            let zeros = vec![0u8; (t.bytes as usize).min(1 << 20)];
+            let mut at = t.offset;
+            let end = t.offset + t.bytes;
+            let mut r = Ok(());
+            while at < end && r.is_ok() {
+                let n = (zeros.len() as u64).min(end - at) as usize;
+                r = file.write_all_at(&zeros[..n], at);
+                at += n as u64;
+            }
+            r
+        } else {
+            file_len = found.whole_len;
+            file.set_len(found.whole_len)
+        };
+        done.and_then(|()| file.sync_data())
             .map_err(|e| Error::io(&path, e))?;
         tracing::warn!(
-            segment = first,
-            bytes = file_len - whole_len,
-            "cut back the end of the log that a crash left incomplete; none of it was acknowledged"
+            segment = t.segment,
+            offset = t.offset,
+            bytes = t.bytes,
+            "cut back a write that a crash left incomplete at the end of the log; none of it was acknowledged"
         );
     }
-    let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+    let off = off_path(dir, first);
+    let bytes: Vec<u8> = found.offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
     let f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -657,7 +888,7 @@ fn recover_last(dir: &Path, first: u64, durable: u64) -> Result<(u64, u64)> {
     f.write_all_at(&bytes, 0)
         .and_then(|()| f.sync_data())
         .map_err(|e| Error::io(&off, e))?;
-    Ok((whole_len, whole_count as u64))
+    Ok(file_len)
 }
 
 fn sync_meta_until_closed(meta: &Meta, stop: &mpsc::Receiver<()>) {
@@ -679,6 +910,9 @@ fn sync_meta_until_closed(meta: &Meta, stop: &mpsc::Receiver<()>) {
 
 impl LogStore for SegmentStore {
     fn append(&self, entries: &[(u64, Vec<u8>)], ids: &[(EventId, u64)]) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         let Some(&(first, _)) = entries.first() else {
             return Ok(());
         };
@@ -710,7 +944,7 @@ impl LogStore for SegmentStore {
             encode_record(&mut w.records, *seq, bytes, flags);
         }
         let seg = &w.active.seg;
-        let off = &w.active.off;
+        let off = w.active.off_file()?;
         let written = seg
             .write_all_at(&w.records, w.len)
             .and_then(|()| off.write_all_at(&w.offsets, w.count * 8));
@@ -728,13 +962,18 @@ impl LogStore for SegmentStore {
         if self.opts.preallocate && w.len >= PREPARE_AFTER.min(self.opts.segment_bytes / 2) {
             self.prepare_spare();
         }
-        self.ids.insert(ids);
+        if let Some(index) = &self.ids {
+            index.insert(ids);
+        }
         self.next
             .store(first + entries.len() as u64, Ordering::Release);
         Ok(())
     }
 
     fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         // Everything appended before this call is in this segment or in one that `roll` synced.
         let (first, len, seg) = {
             let w = self.writer.lock();
@@ -752,8 +991,30 @@ impl LogStore for SegmentStore {
     }
 
     fn sync(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         self.flush()?;
         self.meta.sync()
+    }
+
+    fn close(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.flush()?;
+        let (first, len) = {
+            let w = self.writer.lock();
+            (w.active.first, w.len)
+        };
+        self.meta
+            .rows
+            .set_meta(META_CLOSED, &u64_pair(first, len))?;
+        self.meta.sync()
+    }
+
+    fn torn_tail(&self) -> Option<TornTail> {
+        self.torn
     }
 
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>> {
@@ -806,13 +1067,25 @@ impl LogStore for SegmentStore {
     }
 
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>> {
-        Ok(self
-            .ids
-            .get(id)?
-            .filter(|&seq| seq < self.next.load(Ordering::Acquire)))
+        let next = self.next.load(Ordering::Acquire);
+        if let Some(index) = &self.ids {
+            return Ok(index.get(id)?.filter(|&seq| seq < next));
+        }
+        // Read-only: no index is built for the few lookups a tool makes.
+        let mut found = None;
+        self.scan(0, next, &mut |seq, bytes| {
+            if crate::Entry::from_stored(seq, bytes).is_ok_and(|e| e.event.id == *id) {
+                found = Some(seq);
+            }
+            found.is_none()
+        })?;
+        Ok(found)
     }
 
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly);
+        }
         self.meta.checkpoints.append(size, note)?;
         self.meta.dirty.store(true, Ordering::Release);
         Ok(())
@@ -827,6 +1100,9 @@ impl LogStore for SegmentStore {
     }
 
     fn tree_spill(&self) -> Result<Option<Arc<dyn crate::merkle::NodeSpill>>> {
+        if self.read_only {
+            return Ok(None);
+        }
         let files = crate::tree_files::TreeFiles::create(self.log_dir.with_file_name("tree"))?;
         Ok(Some(Arc::new(files)))
     }

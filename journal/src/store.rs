@@ -62,6 +62,39 @@ pub trait LogStore: Send + Sync + 'static {
     fn cursor(&self, name: &str) -> Result<Option<u64>>;
     /// Sets a consumer cursor.
     fn set_cursor(&self, name: &str, seq: u64) -> Result<()>;
+    /// Makes everything durable, as [`LogStore::sync`], and records that the log was closed
+    /// cleanly, so that the next open knows its end is not a crash's. Nothing is appended after.
+    fn close(&self) -> Result<()> {
+        self.sync()
+    }
+    /// What opening the store found past the log's last whole batch: a write a crash left
+    /// incomplete. A writable store has cut it off by the time this is asked; a read-only one
+    /// leaves it where it is.
+    fn torn_tail(&self) -> Option<TornTail> {
+        None
+    }
+}
+
+/// A write that a crash left incomplete at the end of the log: never acknowledged, not part of
+/// the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment it is in (its first seq).
+    pub segment: u64,
+    /// Where in the segment it starts: the end of the last whole batch.
+    pub offset: u64,
+    /// How many of its bytes were written (up to its last non-zero byte).
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for TornTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "segment {} at byte {}: {} bytes of an unfinished write",
+            self.segment, self.offset, self.bytes
+        )
+    }
 }
 
 fn key(prefix: u8, rest: &[u8]) -> Vec<u8> {
@@ -118,9 +151,59 @@ pub(crate) struct MetaRows {
     /// sled's log file. `Db::flush` writes with `sync_file_range`, which neither flushes the
     /// disk's write cache nor the file's size; `fdatasync` on this handle after it does.
     data_file: std::fs::File,
+    /// The private copy this was opened from, for a read-only view (see [`open_sled_copy`]).
+    _copy: Option<tempfile::TempDir>,
+}
+
+/// Opens a private copy of the sled database in `path`, leaving the original untouched.
+///
+/// sled 0.34 has no read-only mode: opening a database takes its lock and may write (recovery,
+/// a new log segment). The auditor's tools must not change what they check, so they read a
+/// copy, which sled recovers as it would the original after a crash. The copy is deleted with the
+/// returned guard.
+pub(crate) fn open_sled_copy(
+    path: &Path,
+    cache_bytes: u64,
+) -> Result<(sled::Db, tempfile::TempDir)> {
+    let tmp = tempfile::Builder::new()
+        .prefix("isnad-meta-")
+        .tempdir()
+        .map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+    let copy = tmp.path().join("db");
+    copy_dir(path, &copy)?;
+    let db = sled::Config::new()
+        .path(&copy)
+        .cache_capacity(cache_bytes)
+        .flush_every_ms(None)
+        .open()?;
+    Ok((db, tmp))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    for item in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let item = item.map_err(|e| Error::io(from, e))?;
+        let (src, dst) = (item.path(), to.join(item.file_name()));
+        let kind = item.file_type().map_err(|e| Error::io(&src, e))?;
+        if kind.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
+        }
+    }
+    Ok(())
 }
 
 impl MetaRows {
+    /// Opens a private copy of the metadata in `dir`, which stays untouched (see
+    /// [`open_sled_copy`]).
+    pub(crate) fn open_copy(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        let (db, copy) = open_sled_copy(dir, cache_bytes)?;
+        let mut rows = Self::new(db, &copy.path().join("db"))?;
+        rows._copy = Some(copy);
+        Ok(rows)
+    }
+
     /// Wraps `db`, the sled database in `dir`.
     pub(crate) fn new(db: sled::Db, dir: &Path) -> Result<Self> {
         let data = dir.join("db");
@@ -129,7 +212,11 @@ impl MetaRows {
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
-        Ok(Self { db, data_file })
+        Ok(Self {
+            db,
+            data_file,
+            _copy: None,
+        })
     }
 
     /// Makes every row written so far durable.
@@ -145,7 +232,16 @@ impl MetaRows {
             .map_err(|e| Error::Storage(format!("fdatasync: {e}")))
     }
 
+    /// Refuses a write to a read-only view.
+    pub(crate) fn writable(&self) -> Result<()> {
+        match self._copy {
+            Some(_) => Err(Error::ReadOnly),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
+        self.writable()?;
         self.db
             .insert(key(CHECKPOINT, &size.to_be_bytes()), note.as_bytes())?;
         Ok(())
@@ -167,6 +263,7 @@ impl MetaRows {
     }
 
     pub(crate) fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.writable()?;
         self.db.insert(key(META, name.as_bytes()), value)?;
         Ok(())
     }
@@ -179,6 +276,7 @@ impl MetaRows {
     }
 
     pub(crate) fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        self.writable()?;
         self.db
             .insert(key(CURSOR, name.as_bytes()), &seq.to_be_bytes())?;
         Ok(())
@@ -214,6 +312,24 @@ impl SledStore {
             db,
         };
         store.cut_torn_batch()?;
+        Ok(store)
+    }
+
+    /// Opens the log at `path` read-only: from a private copy, leaving `path` untouched (see
+    /// [`open_sled_copy`]). A batch a crash cut short is cut from the copy only.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let rows = MetaRows::open_copy(path, DEFAULT_CACHE_BYTES)?;
+        let store = Self {
+            db: rows.db.clone(),
+            rows,
+        };
+        let cut = store.cut_torn_batch()?;
+        if cut > 0 {
+            tracing::warn!(
+                entries = cut,
+                "the log ends in a batch a crash left incomplete: not part of the log, left as it is"
+            );
+        }
         Ok(store)
     }
 
@@ -272,6 +388,7 @@ impl SledStore {
 
 impl LogStore for SledStore {
     fn append(&self, entries: &[(u64, Vec<u8>)], ids: &[(EventId, u64)]) -> Result<()> {
+        self.rows.writable()?;
         // One insert per row rather than `apply_batch`: sled 0.34 rolls its IO buffer before and
         // after every batch, which writes it out with `sync_file_range` each time (about four
         // device syncs per flush of ours, measured with strace). A batch is made whole another
@@ -516,5 +633,11 @@ impl<S: LogStore + ?Sized> LogStore for std::sync::Arc<S> {
     }
     fn set_cursor(&self, name: &str, seq: u64) -> Result<()> {
         (**self).set_cursor(name, seq)
+    }
+    fn close(&self) -> Result<()> {
+        (**self).close()
+    }
+    fn torn_tail(&self) -> Option<TornTail> {
+        (**self).torn_tail()
     }
 }

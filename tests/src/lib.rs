@@ -174,6 +174,15 @@ pub struct Server {
 impl Server {
     /// Starts `isnad serve` on a free loopback port over `data_dir` with admin token `token`.
     pub fn start(data_dir: &Path, token: &str, extra: &[&str]) -> Self {
+        Self::start_logging(data_dir, token, extra, None)
+    }
+
+    /// [`Server::start`], with the server's log (stderr, at `info`) written to `log`.
+    pub fn start_logging(data_dir: &Path, token: &str, extra: &[&str], log: Option<&Path>) -> Self {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create the server log")),
+            None => Stdio::null(),
+        };
         let mut child = Command::new(isnad_bin())
             .arg("serve")
             .arg("--data-dir")
@@ -182,9 +191,10 @@ impl Server {
             .args(extra)
             .env("ISNAD_ADMIN_KEY", token)
             .env("ISNAD_MODELS_DIR", models_dir())
+            .env("RUST_LOG", "info")
             .env_remove("ISNAD_CONFIG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start isnad serve");
         let stdout = child.stdout.take().expect("stdout");

@@ -46,6 +46,13 @@ use crate::{
 const META_PUBLIC_KEY: &str = "public_key";
 /// Metadata key of the log's origin.
 const META_ORIGIN: &str = "origin";
+/// Metadata key prefix of projection states: `projection/<name>`.
+const META_PROJECTION: &str = "projection/";
+
+/// Metadata key of projection `name`'s state.
+fn projection_key(name: &str) -> String {
+    format!("{META_PROJECTION}{name}")
+}
 
 /// Tuning of a journal.
 #[derive(Clone, Debug)]
@@ -107,12 +114,69 @@ pub enum Watermark {
     Durable,
 }
 
+/// A projection's folded state and the position in the log it folded up to, persisted as one
+/// metadata value so that the two can never disagree.
+///
+/// The hash of the last entry folded binds the state to the log it came from: after a crash cut
+/// off entries that the state had already folded, or when the log beneath was replaced, the entry
+/// at `next - 1` is missing or differs, and the state must be rebuilt rather than trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedState {
+    /// The next seq the projection has to fold: every entry below it is in `bytes`.
+    pub next: u64,
+    /// Hash of entry `next - 1`; all zeros when `next` is 0.
+    pub last_hash: Hash,
+    /// The projection's own encoding of its state.
+    pub bytes: Vec<u8>,
+}
+
+impl SavedState {
+    /// `next` (8 bytes, big-endian) ‖ `last_hash` (32 bytes) ‖ `bytes`.
+    fn to_value(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + 32 + self.bytes.len());
+        v.extend_from_slice(&self.next.to_be_bytes());
+        v.extend_from_slice(&self.last_hash);
+        v.extend_from_slice(&self.bytes);
+        v
+    }
+
+    fn from_value(name: &str, v: &[u8]) -> Result<Self> {
+        let bad = || Error::Storage(format!("state of projection {name} is malformed"));
+        let next: [u8; 8] = v.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+        let last_hash: Hash = v
+            .get(8..40)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(bad)?;
+        Ok(Self {
+            next: u64::from_be_bytes(next),
+            last_hash,
+            bytes: v.get(40..).ok_or_else(bad)?.to_vec(),
+        })
+    }
+
+    /// True when the log still holds the entry this state ends at, unchanged: a state that
+    /// does not match folded entries the log no longer has.
+    pub fn matches(&self, journal: &Journal) -> Result<bool> {
+        if self.next == 0 {
+            return Ok(true);
+        }
+        Ok(journal
+            .entry(self.next - 1)?
+            .is_some_and(|e| e.hash == self.last_hash))
+    }
+}
+
 type Reply = oneshot::Sender<Result<Vec<Receipt>>>;
 
 enum Cmd {
     Cursor {
         name: String,
         next: u64,
+    },
+    /// A metadata value written in order with the appends, like a cursor.
+    Meta {
+        key: String,
+        value: Vec<u8>,
     },
     Append {
         events: Vec<NewEvent>,
@@ -455,6 +519,35 @@ impl Journal {
             name: name.to_owned(),
             next,
         })
+    }
+
+    /// Queues projection `name`'s state behind everything submitted before it, as
+    /// [`Journal::submit_cursor`] queues a cursor: one metadata value, `projection/<name>`,
+    /// holds the state together with the position it folded up to, so that a crash between the
+    /// two cannot leave a cursor that disagrees with its state. Durable with the metadata's next
+    /// sync; a state may reach the disk before the entries it folded (see
+    /// [`SavedState::matches`]).
+    pub fn submit_state(&self, name: &str, state: &SavedState) -> Result<()> {
+        self.send(Cmd::Meta {
+            key: projection_key(name),
+            value: state.to_value(),
+        })
+    }
+
+    /// Projection `name`'s last persisted state, as written by [`Journal::submit_state`];
+    /// `None` when it has none (or it was cleared). A malformed value is an error.
+    pub fn state(&self, name: &str) -> Result<Option<SavedState>> {
+        match self.shared().store.meta(&projection_key(name))? {
+            Some(v) if !v.is_empty() => SavedState::from_value(name, &v).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Forgets projection `name`'s state at once, so that it rebuilds from seq 0 when it next
+    /// starts. Call it while the projection is stopped: a running one writes its state back.
+    pub fn clear_state(&self, name: &str) -> Result<()> {
+        // The store has no delete; an empty value reads as no state.
+        self.shared().store.set_meta(&projection_key(name), &[])
     }
 
     /// Blocking append, for threads outside an async runtime.
@@ -843,9 +936,11 @@ fn sequencer(
         let mut control = Vec::new();
         let mut appends = Vec::new();
         let mut cursors: Vec<(String, u64)> = Vec::new();
+        let mut metas: Vec<(String, Vec<u8>)> = Vec::new();
         for c in cmds {
             match c {
                 Cmd::Cursor { name, next } => cursors.push((name, next)),
+                Cmd::Meta { key, value } => metas.push((key, value)),
                 Cmd::Append {
                     events,
                     durable,
@@ -876,11 +971,16 @@ fn sequencer(
                 }
             }
         }
-        // Cursors go to the store after the appends queued with them.
+        // Cursors and projection states go to the store after the appends queued with them.
         if fatal.is_none() {
             for (name, next) in cursors {
                 if let Err(e) = shared.store.set_cursor(&name, next) {
                     tracing::error!(cursor = %name, error = %e, "cannot persist cursor");
+                }
+            }
+            for (key, value) in metas {
+                if let Err(e) = shared.store.set_meta(&key, &value) {
+                    tracing::error!(%key, error = %e, "cannot persist metadata");
                 }
             }
         }
@@ -1320,5 +1420,73 @@ impl Subscription {
             }
             self.rx.changed().await.map_err(|_| Error::Closed)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::{MemStore, NodeKey};
+    use isnad_schemas::KeyRevoked;
+
+    fn key() -> NodeKey {
+        NodeKey::from_signing_key(ed25519_dalek::SigningKey::from_bytes(&[3; 32]))
+    }
+
+    fn event(i: u32) -> NewEvent {
+        NewEvent::new(&KeyRevoked {
+            key_id: format!("k{i}"),
+            reason: "test".into(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_projection_state_is_written_behind_the_appends_and_survives_a_reopen() {
+        let store = Arc::new(MemStore::new());
+        let journal = Journal::open(store.clone(), key(), Options::default()).unwrap();
+        assert_eq!(journal.state("usage").unwrap(), None);
+        let receipts = journal.append(vec![event(0), event(1)]).await.unwrap();
+        let saved = SavedState {
+            next: 2,
+            last_hash: receipts[1].hash,
+            bytes: b"two".to_vec(),
+        };
+        journal.submit_state("usage", &saved).unwrap();
+        // Queued behind the state, so it is stored once this append is.
+        journal.append(vec![event(2)]).await.unwrap();
+        assert_eq!(journal.state("usage").unwrap().as_ref(), Some(&saved));
+        assert!(saved.matches(&journal).unwrap());
+        journal.shutdown().await.unwrap();
+        drop(journal);
+
+        let journal = Journal::open(store, key(), Options::default()).unwrap();
+        assert_eq!(journal.state("usage").unwrap().as_ref(), Some(&saved));
+        let elsewhere = SavedState {
+            last_hash: [9; 32],
+            ..saved.clone()
+        };
+        assert!(!elsewhere.matches(&journal).unwrap(), "bound to its entry");
+        let beyond = SavedState { next: 10, ..saved };
+        assert!(
+            !beyond.matches(&journal).unwrap(),
+            "folded entries the log lacks"
+        );
+        journal.clear_state("usage").unwrap();
+        assert_eq!(journal.state("usage").unwrap(), None);
+        journal.shutdown().await.unwrap();
+    }
+
+    #[test]
+    fn a_malformed_state_is_an_error_not_a_state() {
+        assert!(SavedState::from_value("x", &[1, 2, 3]).is_err());
+        let s = SavedState {
+            next: 7,
+            last_hash: [1; 32],
+            bytes: vec![],
+        };
+        assert_eq!(SavedState::from_value("x", &s.to_value()).unwrap(), s);
     }
 }

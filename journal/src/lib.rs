@@ -31,8 +31,8 @@ pub use checkpoint::Checkpoint;
 pub use entry::Entry;
 pub use error::{Error, Result};
 pub use journal::{
-    open_store, open_store_read_only, store_path, Journal, Options, Receipt, Subscription,
-    Watermark,
+    open_store, open_store_read_only, store_path, Journal, Options, Receipt, SavedState,
+    Subscription, Watermark,
 };
 pub use keys::NodeKey;
 pub use merkle::Hash;

@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use isnad_journal::{Entry, Journal, Options};
-use isnad_pipeline::{Attachment, Bus, RequestStage, Runner, Stage};
+use isnad_pipeline::{Attachment, Bus, RequestStage, Runner, Stage, StageError};
 use isnad_schemas::{
     Finding, GuardrailEvaluated, NewEvent, RequestReceived, RequestRejected, RouteSelected,
 };
@@ -29,7 +29,7 @@ impl Stage for Guard {
         &mut self,
         _e: Arc<Entry>,
         a: Option<Attachment>,
-    ) -> Result<Vec<NewEvent>, String> {
+    ) -> Result<Vec<NewEvent>, StageError> {
         let findings = match a.as_ref().and_then(|a| a.downcast_ref::<Prompt>()) {
             Some(p) if p.0.contains("IBAN") => vec![Finding {
                 kind: "iban".into(),
@@ -51,8 +51,7 @@ impl Stage for Guard {
             action: action.into(),
             findings,
             policy: "default".into(),
-        })
-        .map_err(|e| e.to_string())?])
+        })?])
     }
 }
 
@@ -68,14 +67,14 @@ impl Stage for Router {
         &mut self,
         e: Arc<Entry>,
         _a: Option<Attachment>,
-    ) -> Result<Vec<NewEvent>, String> {
-        let g: GuardrailEvaluated = e.event.payload_as().map_err(|e| e.to_string())?;
-        route_for(&g)
+    ) -> Result<Vec<NewEvent>, StageError> {
+        let g: GuardrailEvaluated = e.event.payload_as()?;
+        Ok(route_for(&g)?)
     }
 }
 
 /// Both routers' rule: anything the guardrail did not simply allow stays on a local model.
-fn route_for(g: &GuardrailEvaluated) -> Result<Vec<NewEvent>, String> {
+fn route_for(g: &GuardrailEvaluated) -> Result<Vec<NewEvent>, isnad_schemas::Error> {
     let residency = if g.action == "allow" {
         "external"
     } else {
@@ -87,8 +86,7 @@ fn route_for(g: &GuardrailEvaluated) -> Result<Vec<NewEvent>, String> {
         provider: "test".into(),
         residency: residency.into(),
         policy: "default".into(),
-    })
-    .map_err(|e| e.to_string())?])
+    })?])
 }
 
 fn request(rid: &str) -> NewEvent {
@@ -336,7 +334,7 @@ impl RequestStage for InlineRouter {
             .find(|e| e.kind == "guardrail.evaluated")
             .ok_or("no guardrail verdict before the router")?;
         let g: GuardrailEvaluated = verdict.payload_as().map_err(|e| e.to_string())?;
-        route_for(&g)
+        route_for(&g).map_err(|e| e.to_string())
     }
 }
 

@@ -303,6 +303,25 @@ payloads! {
         attempts: u32,
     }
 
+    /// A pipeline stage gave up on an entry: it rejected it, or it kept failing until its
+    /// retries ran out. The runner moved on to the next entry; this is the entry's delivery
+    /// status, kept as data rather than a log line.
+    StageFailed = ("stage.failed", 1) {
+        /// Name of the stage.
+        stage: String,
+        /// Journal sequence of the entry it failed on.
+        input_seq: u64,
+        /// Kind of that entry.
+        input_kind: String,
+        /// `errored` (transient failures until the retries ran out) or `rejected` (the stage
+        /// said the entry can never succeed).
+        outcome: String,
+        /// The stage's last error (never prompt text).
+        reason: String,
+        /// Attempts made, the last one included.
+        attempts: u32,
+    }
+
     /// An in-process model was verified against its manifest and loaded.
     ModelLoaded = ("model.loaded", 1) {
         /// Model id.

@@ -129,6 +129,14 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, serde_json::Value)> {
             error: "timeout".into(),
             attempts: 5,
         }),
+        s(StageFailed {
+            stage: "webhooks".into(),
+            input_seq: 79,
+            input_kind: "completion.finished".into(),
+            outcome: "errored".into(),
+            reason: "subscriber unreachable".into(),
+            attempts: 5,
+        }),
         s(ModelLoaded {
             model: "smollm2-135m-instruct".into(),
             kind: "chat".into(),

@@ -4,16 +4,17 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use isnad_inference::{
-    registry::{Registry, Residency},
-    stages::{Scope, AUTO_ROUTER},
-};
+use isnad_inference::registry::Registry;
+use isnad_pipeline::policy::{Residency, Scope, AUTO_ROUTER};
 use serde::{Deserialize, Serialize};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use rand::RngCore as _;
 
-use crate::server::sha256;
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).into()
+}
 
 /// File in the data directory holding the hex SHA-256 of the generated admin token.
 pub const ADMIN_HASH_FILE: &str = "admin.sha256";
@@ -127,6 +128,10 @@ pub struct KeyConfig {
     /// refused with 451.
     #[serde(default)]
     pub residency: Option<Residency>,
+    /// The team the key belongs to: journaled with its requests, and what per-team policy and
+    /// tenancy key on.
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 /// Who a request comes from, once its key is checked.
@@ -138,6 +143,8 @@ pub struct Principal {
     pub role: Role,
     /// Models and residency it is held to.
     pub scope: Scope,
+    /// Its team, if it has one.
+    pub team: Option<String>,
 }
 
 /// Every credential the gateway accepts.
@@ -176,6 +183,7 @@ impl Credentials {
                     models: k.models.as_ref().map(|ms| ms.clone().into()),
                     local_only: k.residency == Some(Residency::Local),
                 },
+                team: k.team.clone().filter(|t| !t.is_empty()),
             };
             if by_hash.insert(hash, Arc::new(principal)).is_some() {
                 return Err(format!("{}: another key has the same hash", at("sha256")));
@@ -187,6 +195,7 @@ impl Credentials {
                 name: "admin".into(),
                 role: Role::Admin,
                 scope: Scope::default(),
+                team: None,
             }),
             keys: by_hash,
         })
@@ -239,6 +248,7 @@ mod tests {
             role: Role::Auditor,
             models: None,
             residency: Some(Residency::Local),
+            team: None,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Config {
     pub local: isnad_inference::local::runtime::LocalConfig,
     /// API keys besides the admin token (`[[keys]]`).
     pub keys: Vec<crate::auth::KeyConfig>,
+    /// The request path's policy stages (`[pipeline]`).
+    pub pipeline: isnad_pipeline::policy::PolicyConfig,
 }
 
 /// `[routing]`
@@ -160,7 +162,15 @@ impl Config {
             file: file.clone(),
             message: e.to_string(),
         })?;
-        Self::parse(&text).map_err(|message| ConfigError { file, message })
+        let config = Self::parse(&text).map_err(|message| ConfigError {
+            file: file.clone(),
+            message,
+        })?;
+        config.pipeline.check().map_err(|e| ConfigError {
+            file,
+            message: e.to_string(),
+        })?;
+        Ok(config)
     }
 
     /// Parses TOML text; errors name the key path and line.

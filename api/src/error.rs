@@ -1,130 +1,217 @@
-//! The API's error type and its one mapping to HTTP: the OpenAI error shape
-//! `{"error": {"message", "type", "param", "code"}}`.
+//! The API's error type and its one mapping to HTTP: status, the OpenAI error shape
+//! `{"error": {"message", "type", "param", "code"}}`, `Retry-After` and `x-should-retry`, and
+//! the same body as an SSE error frame. Every status a client can receive is decided in
+//! [`ApiError::status`], an exhaustive match with no catch-all arm.
 
 use axum::{
-    http::StatusCode,
+    http::{header, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
+use isnad_pipeline::policy::Refusal;
+use isnad_schemas::{openai::WireError, RefusalCode};
 use serde_json::json;
 
 /// An error as the client sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 400: malformed or invalid input.
-    #[error("{message}")]
-    BadRequest {
-        /// What is wrong.
-        message: String,
-        /// Offending parameter.
-        param: Option<String>,
-    },
-    /// 401: missing or wrong credentials.
-    #[error("invalid or missing API key")]
-    Unauthorized,
-    /// 403: the credentials may not do this.
-    #[error("{message}")]
-    Forbidden {
-        /// Error code.
-        code: &'static str,
-        /// What is not allowed.
-        message: String,
-    },
-    /// 451: the request's data may not go where serving it would take it.
-    #[error("{0}")]
-    SovereigntyViolation(String),
-    /// 404: no such thing.
+    /// The gateway refuses the request (bad input, credentials, policy): see [`RefusalCode`].
+    #[error("{}", .0.message)]
+    Refused(Refusal),
+    /// No such endpoint or resource (not a model: an unknown model is a refusal).
     #[error("{0}")]
     NotFound(String),
-    /// 422: well-formed, but the chosen model cannot do what is asked.
-    #[error("{message}")]
-    Unprocessable {
-        /// What cannot be done.
-        message: String,
-        /// Offending parameter.
-        param: String,
-    },
-    /// 404: unknown model (the message, from [`isnad_inference::stages::model_not_found`]).
-    #[error("{0}")]
-    ModelNotFound(String),
-    /// 413: body over the limit.
-    #[error("request body is larger than {0} bytes")]
-    PayloadTooLarge(usize),
-    /// 429/502/503/504: the upstream failed.
+    /// The model or upstream that was tried failed.
     #[error("{message}")]
     Upstream {
-        /// HTTP status for the client.
+        /// HTTP status for the client (from the inference stage's outcome).
         status: u16,
         /// Error code.
         code: &'static str,
         /// Message.
         message: String,
     },
-    /// 503: the journal cannot take or serve requests now.
+    /// The gateway is at its concurrency limit (load shedding).
+    #[error("isnad is at its concurrency limit; retry shortly")]
+    Overloaded,
+    /// The request took longer than the configured limit to its response headers.
+    #[error("the request took too long")]
+    Timeout,
+    /// The journal cannot take or serve requests now.
     #[error("the activity journal is unavailable")]
     Unavailable,
-    /// 500: something broke inside; details go to the log, not the client.
+    /// Something broke inside; details go to the log, not the client.
     #[error("internal error")]
     Internal(String),
 }
 
 impl ApiError {
+    /// A refusal with a message and no parameter.
+    pub fn refuse(code: RefusalCode, message: impl Into<String>) -> Self {
+        Self::Refused(Refusal::new(code, message))
+    }
+
     /// A 400 naming a parameter.
     pub fn bad(param: &str, message: impl Into<String>) -> Self {
-        Self::BadRequest {
-            message: message.into(),
-            param: Some(param.to_owned()),
-        }
+        Self::Refused(Refusal::new(RefusalCode::InvalidRequest, message).param(param))
+    }
+
+    /// A 401: no key, or one the gateway does not know.
+    pub fn unauthorized() -> Self {
+        Self::refuse(RefusalCode::InvalidApiKey, "invalid or missing API key")
     }
 
     /// A 403 for a role that may not call an endpoint.
     pub fn role_forbidden(role: crate::auth::Role, what: &str) -> Self {
-        Self::Forbidden {
-            code: "permission_denied",
-            message: format!("the role `{}` may not {what}", role.as_str()),
-        }
+        Self::refuse(
+            RefusalCode::PermissionDenied,
+            format!("the role `{}` may not {what}", role.as_str()),
+        )
     }
 
-    /// The refusal a request-path stage journaled, as the client sees it.
-    pub fn from_refusal(r: &isnad_schemas::RequestRejected) -> Self {
-        use isnad_inference::stages::{
-            MODEL_NOT_FOUND, MODEL_NOT_PERMITTED, SOVEREIGNTY_VIOLATION,
-        };
-        match (r.status, r.code.as_str()) {
-            (451, SOVEREIGNTY_VIOLATION) => Self::SovereigntyViolation(r.message.clone()),
-            (404, MODEL_NOT_FOUND) => Self::ModelNotFound(r.message.clone()),
-            (403, MODEL_NOT_PERMITTED) => Self::Forbidden {
-                code: MODEL_NOT_PERMITTED,
-                message: r.message.clone(),
-            },
-            _ => Self::Internal(format!("{} {}: {}", r.status, r.code, r.message)),
-        }
-    }
-
-    /// HTTP status and machine-readable code, as journaled in `request.rejected`.
-    pub fn status_and_code(&self) -> (u16, &'static str) {
+    /// The refusal, if this is one.
+    pub fn refusal(&self) -> Option<&Refusal> {
         match self {
-            Self::BadRequest { .. } => (400, "invalid_request"),
-            Self::Unauthorized => (401, "invalid_api_key"),
-            Self::Forbidden { code, .. } => (403, code),
-            Self::SovereigntyViolation(_) => (451, isnad_inference::stages::SOVEREIGNTY_VIOLATION),
-            Self::NotFound(_) => (404, "not_found"),
-            Self::ModelNotFound(_) => (404, isnad_inference::stages::MODEL_NOT_FOUND),
-            Self::Unprocessable { .. } => (422, "unsupported_parameter"),
-            Self::PayloadTooLarge(_) => (413, "payload_too_large"),
-            Self::Upstream { status, code, .. } => (*status, code),
-            Self::Unavailable => (503, "journal_unavailable"),
-            Self::Internal(_) => (500, "internal_error"),
+            Self::Refused(r) => Some(r),
+            _ => None,
         }
+    }
+
+    /// The HTTP status: the one place that decides it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Refused(r) => match r.code {
+                RefusalCode::InvalidRequest => StatusCode::BAD_REQUEST,
+                RefusalCode::InvalidApiKey => StatusCode::UNAUTHORIZED,
+                RefusalCode::PermissionDenied | RefusalCode::ModelNotPermitted => {
+                    StatusCode::FORBIDDEN
+                }
+                RefusalCode::ModelNotFound => StatusCode::NOT_FOUND,
+                RefusalCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                RefusalCode::UnsupportedParameter => StatusCode::UNPROCESSABLE_ENTITY,
+                RefusalCode::SovereigntyViolation => StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                RefusalCode::RateLimitExceeded | RefusalCode::BudgetExceeded => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                RefusalCode::ModelOverloaded => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Upstream { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+            Self::Overloaded | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable code, as the body and `request.rejected` carry it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Refused(r) => r.code.as_str(),
+            Self::NotFound(_) => "not_found",
+            Self::Upstream { code, .. } => code,
+            Self::Overloaded => "server_overloaded",
+            Self::Timeout => "request_timeout",
+            Self::Unavailable => "journal_unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        match self {
+            Self::Refused(r) => r.code.error_type(),
+            Self::NotFound(_) => "invalid_request_error",
+            Self::Upstream { status: 429, .. } => "rate_limit_error",
+            Self::Upstream { .. }
+            | Self::Overloaded
+            | Self::Timeout
+            | Self::Unavailable
+            | Self::Internal(_) => "server_error",
+        }
+    }
+
+    /// Seconds a client should wait before it retries, where retrying helps.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::Overloaded | Self::Unavailable => Some(1),
+            Self::Refused(r) => match r.code {
+                RefusalCode::RateLimitExceeded | RefusalCode::ModelOverloaded => Some(1),
+                RefusalCode::InvalidRequest
+                | RefusalCode::InvalidApiKey
+                | RefusalCode::PermissionDenied
+                | RefusalCode::ModelNotPermitted
+                | RefusalCode::ModelNotFound
+                | RefusalCode::PayloadTooLarge
+                | RefusalCode::UnsupportedParameter
+                | RefusalCode::SovereigntyViolation
+                | RefusalCode::BudgetExceeded => None,
+            },
+            Self::NotFound(_) | Self::Upstream { .. } | Self::Timeout | Self::Internal(_) => None,
+        }
+    }
+
+    /// Whether an OpenAI SDK should retry it (`x-should-retry`): the SDKs retry 408, 409, 429
+    /// and 5xx by default, which is wrong for a spent budget and right for load shedding.
+    fn should_retry(&self) -> bool {
+        match self {
+            Self::Refused(r) => {
+                r.code == RefusalCode::RateLimitExceeded || r.code == RefusalCode::ModelOverloaded
+            }
+            Self::Overloaded | Self::Unavailable | Self::Timeout => true,
+            Self::Upstream { status, .. } => *status == 429 || *status >= 500,
+            Self::NotFound(_) | Self::Internal(_) => false,
+        }
+    }
+
+    /// The parameter at fault, if one is.
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::Refused(r) => r.param.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The error body.
+    pub fn body(&self) -> serde_json::Value {
+        if let Self::Internal(detail) = self {
+            tracing::error!(%detail, "internal error");
+        }
+        json!({ "error": {
+            "message": self.to_string(),
+            "type": self.error_type(),
+            "param": self.param(),
+            "code": self.code(),
+        }})
+    }
+
+    /// The same error as an SSE frame, for a stream whose headers already went out.
+    pub fn sse_frame(&self) -> String {
+        let mut body = self.body();
+        body["error"]["status"] = self.status().as_u16().into();
+        format!("data: {body}\n\n")
+    }
+}
+
+impl From<WireError> for ApiError {
+    fn from(e: WireError) -> Self {
+        let refusal = Refusal::new(RefusalCode::InvalidRequest, e.message);
+        Self::Refused(match e.param {
+            Some(p) => refusal.param(p),
+            None => refusal,
+        })
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        Self::Refused(r)
     }
 }
 
 impl From<axum::extract::rejection::QueryRejection> for ApiError {
     fn from(r: axum::extract::rejection::QueryRejection) -> Self {
-        Self::BadRequest {
-            message: r.body_text(),
-            param: None,
-        }
+        Self::refuse(RefusalCode::InvalidRequest, r.body_text())
     }
 }
 
@@ -132,16 +219,25 @@ impl From<isnad_journal::Error> for ApiError {
     fn from(e: isnad_journal::Error) -> Self {
         use isnad_journal::Error as J;
         match e {
-            J::Invalid(m) => Self::BadRequest {
-                message: m,
-                param: None,
-            },
-            J::Proof(p) => Self::BadRequest {
-                message: p.to_string(),
-                param: None,
-            },
+            J::Invalid(m) => Self::refuse(RefusalCode::InvalidRequest, m),
+            J::Proof(p) => Self::refuse(RefusalCode::InvalidRequest, p.to_string()),
             J::NotFound(m) => Self::NotFound(m),
             J::Closed => Self::Unavailable,
+            e @ (J::Io { .. }
+            | J::Storage(_)
+            | J::Key(_)
+            | J::KeyMismatch { .. }
+            | J::Corrupt { .. }
+            | J::Schema(_)
+            | J::ReadOnly) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<isnad_pipeline::Error> for ApiError {
+    fn from(e: isnad_pipeline::Error) -> Self {
+        match e {
+            isnad_pipeline::Error::Journal(j) => j.into(),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -149,57 +245,56 @@ impl From<isnad_journal::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-        let kind = match &self {
-            Self::BadRequest { .. }
-            | Self::NotFound(_)
-            | Self::ModelNotFound(_)
-            | Self::PayloadTooLarge(_)
-            | Self::Unprocessable { .. } => "invalid_request_error",
-            Self::Unauthorized => "authentication_error",
-            Self::Forbidden { .. } => "permission_error",
-            Self::SovereigntyViolation(_) => "sovereignty_error",
-            Self::Upstream { status: 429, .. } => "rate_limit_error",
-            Self::Upstream { .. } | Self::Unavailable | Self::Internal(_) => "server_error",
-        };
-        if let Self::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+        let status = self.status();
+        let mut resp = (status, Json(self.body())).into_response();
+        let headers = resp.headers_mut();
+        if let Some(s) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-        let param = match &self {
-            Self::BadRequest { param, .. } => param.clone(),
-            Self::ModelNotFound(_) => Some("model".to_owned()),
-            Self::Unprocessable { param, .. } => Some(param.clone()),
-            _ => None,
-        };
-        let body = json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } });
-        (status, Json(body)).into_response()
+        headers.insert(
+            HeaderName::from_static("x-should-retry"),
+            HeaderValue::from_static(if self.should_retry() { "true" } else { "false" }),
+        );
+        resp
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use isnad_inference::stages::{MODEL_NOT_FOUND, MODEL_NOT_PERMITTED, SOVEREIGNTY_VIOLATION};
+    #![allow(clippy::unwrap_used)]
 
-    /// What the router journals as `request.rejected` is what the client gets: same status, same
-    /// code, same message.
+    use super::*;
+
+    /// Every refusal code answers with the status its documentation gives, and a spent budget
+    /// tells SDKs not to retry while a rate limit does.
     #[test]
-    fn router_refusals_answer_as_journaled() {
-        for (status, code) in [
-            (451, SOVEREIGNTY_VIOLATION),
-            (403, MODEL_NOT_PERMITTED),
-            (404, MODEL_NOT_FOUND),
-        ] {
-            let refusal = isnad_schemas::RequestRejected {
-                endpoint: "/v1/chat/completions".into(),
-                status,
-                code: code.into(),
-                message: format!("refused with {code}"),
-            };
-            let err = ApiError::from_refusal(&refusal);
-            assert_eq!(err.status_and_code(), (status, code));
-            assert_eq!(err.to_string(), refusal.message);
+    fn each_refusal_has_its_status_and_retry_advice() {
+        let expect = [
+            (RefusalCode::InvalidRequest, 400, false),
+            (RefusalCode::InvalidApiKey, 401, false),
+            (RefusalCode::PermissionDenied, 403, false),
+            (RefusalCode::ModelNotPermitted, 403, false),
+            (RefusalCode::ModelNotFound, 404, false),
+            (RefusalCode::PayloadTooLarge, 413, false),
+            (RefusalCode::UnsupportedParameter, 422, false),
+            (RefusalCode::SovereigntyViolation, 451, false),
+            (RefusalCode::RateLimitExceeded, 429, true),
+            (RefusalCode::BudgetExceeded, 429, false),
+            (RefusalCode::ModelOverloaded, 503, true),
+        ];
+        assert_eq!(expect.len(), RefusalCode::ALL.len());
+        for (code, status, retry) in expect {
+            let resp = ApiError::refuse(code, "no").into_response();
+            assert_eq!(resp.status().as_u16(), status, "{code}");
+            assert_eq!(
+                resp.headers()["x-should-retry"],
+                if retry { "true" } else { "false" },
+                "{code}"
+            );
+            assert_eq!(resp.headers().contains_key("retry-after"), retry, "{code}");
         }
+        let shed = ApiError::Overloaded.into_response();
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()["retry-after"], "1");
     }
 }

@@ -1,6 +1,9 @@
-//! The OpenAI-compatible endpoints. Each handler validates, journals `request.received` with the
-//! request attached in RAM, and reads the answer that the pipeline's stages send back; refusals are
-//! journaled as `request.rejected`. Nothing is acknowledged before its events are durable.
+//! The OpenAI-compatible endpoints. Each handler reads top to bottom: parse the body into the
+//! typed wire request, admit it (the key was checked by the [`Admitted`] extractor; the role is
+//! checked here), submit it (the policy stages decide, and the request's group goes to the
+//! journal while the model is called), respond. Every refusal after admission, whichever step
+//! makes it, is journaled in one shape: `request.received`, the events of the steps that ran,
+//! `request.rejected` with its code. Nothing is acknowledged before its events are durable.
 
 use std::{convert::Infallible, sync::Arc, time::Instant};
 
@@ -9,22 +12,32 @@ use axum::{
     extract::{rejection::BytesRejection, State},
     http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    Extension, Json,
+    Json,
 };
 use isnad_inference::{
-    registry::{ModelKind, Registry},
-    stages::{Endpoint, InferenceRequest, Item, AUTO_ROUTER},
+    registry::Registry,
+    stages::{InferenceRequest, Item},
 };
-use isnad_pipeline::{Attachment, Bus, RequestStage};
-use isnad_schemas::{NewEvent, Payload as _, RequestReceived, RequestRejected, RouteSelected};
+use isnad_pipeline::{
+    derive_output_of_event,
+    policy::{self, Endpoint, RequestContext, RequestStage, AUTO_ROUTER},
+    Attachment, Bus,
+};
+use isnad_schemas::{
+    openai::{
+        self, ChatCompletionRequest, EmbeddingInput, EmbeddingsRequest, IsnadOptions,
+        MessageContent,
+    },
+    NewEvent, Payload as _, RefusalCode, RequestReceived, RequestRejected, RouteSelected,
+};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::{
-    auth::{Credentials, Principal},
+    admission::{Admitted, Unadmitted},
+    auth::Credentials,
     error::ApiError,
-    tls::ClientIdentity,
 };
 
 /// What the gateway handlers share.
@@ -38,21 +51,10 @@ pub struct Gateway {
     pub credentials: Arc<Credentials>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
-    /// The request path's policy stages (guardrail, router), in order.
+    /// The request path's policy stages, in the configured order.
     pub stages: Arc<[Arc<dyn RequestStage>]>,
-}
-
-const ROLES: &[&str] = &[
-    "system",
-    "user",
-    "assistant",
-    "tool",
-    "developer",
-    "function",
-];
-
-fn new_request_id() -> String {
-    format!("req_{}", uuid::Uuid::now_v7().simple())
+    /// Refusals before admission, counted for the journal's summaries.
+    pub unadmitted: Arc<Unadmitted>,
 }
 
 /// Headers every gateway response carries.
@@ -65,7 +67,8 @@ struct Trace {
 }
 
 impl Trace {
-    fn apply(&self, headers: &mut HeaderMap) {
+    fn apply(&self, mut resp: Response) -> Response {
+        let headers = resp.headers_mut();
         let mut set = |name: &'static str, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
                 headers.insert(HeaderName::from_static(name), v);
@@ -82,214 +85,155 @@ impl Trace {
         if let Some(r) = self.residency {
             set("x-data-residency", r);
         }
+        resp
     }
 }
 
-/// Journals a refusal durably, then shapes it.
-async fn reject(
-    gw: &Gateway,
-    trace: &Trace,
-    actor: &str,
-    endpoint: Endpoint,
-    err: ApiError,
-) -> Response {
-    let (status, code) = err.status_and_code();
-    let ev = RequestRejected {
-        endpoint: endpoint.path().into(),
-        status,
-        code: code.into(),
-        message: err.to_string(),
+/// Longest client-chosen request id accepted.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's `X-Request-Id` if it is usable (1 to [`MAX_REQUEST_ID`] visible ASCII
+/// characters), a fresh one if it sent none, or the refusal of one it cannot have.
+fn request_id(headers: &HeaderMap) -> (String, Option<ApiError>) {
+    let fresh = || format!("req_{}", uuid::Uuid::now_v7().simple());
+    let Some(v) = headers.get("x-request-id") else {
+        return (fresh(), None);
     };
-    match NewEvent::new(&ev) {
-        Ok(ev) => {
-            if let Err(e) = gw
-                .bus
-                .journal()
-                .append_one(ev.request_id(&trace.request_id).actor(actor))
-                .await
-            {
-                tracing::error!(error = %e, "cannot journal a refusal");
-                return ApiError::Unavailable.into_response();
+    match v.to_str() {
+        Ok(id)
+            if (1..=MAX_REQUEST_ID).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            (id.to_owned(), None)
+        }
+        _ => (
+            fresh(),
+            Some(ApiError::bad(
+                "x-request-id",
+                format!("X-Request-Id must be 1 to {MAX_REQUEST_ID} visible ASCII characters"),
+            )),
+        ),
+    }
+}
+
+fn sha256_tag(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// A request body, parsed and checked: what the policy stages and the model call need.
+struct Parsed {
+    model: String,
+    stream: bool,
+    /// The client asked for the usage chunk of a stream (isnad asks the upstream for it anyway).
+    forward_usage: bool,
+    prompt_hash: String,
+    /// What the model is sent: the client's fields, unknown ones included, isnad's own removed.
+    body: Value,
+    uses_tools: Option<&'static str>,
+    uses_dimensions: bool,
+    options: IsnadOptions,
+    /// The text a model would see, for the policy stages (RAM only).
+    prompt: Vec<String>,
+}
+
+fn parse_chat(bytes: &[u8]) -> Result<Parsed, ApiError> {
+    let mut req: ChatCompletionRequest = openai::parse_json(bytes)?;
+    req.validate()?;
+    let options = req.take_isnad_options()?;
+    let stream = req.stream == Some(true);
+    // A stream's token counts come from its usage chunk: asked for on isnad's own account, and
+    // passed on only to a client that asked too.
+    let forward_usage = req.with_upstream_usage();
+    let uses_tools = [
+        ("tools", req.tools.is_some()),
+        ("tool_choice", req.tool_choice.is_some()),
+        ("response_format", req.response_format.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(p, set)| set.then_some(p));
+    let prompt = req
+        .messages
+        .iter()
+        .flat_map(|m| match &m.content {
+            Some(MessageContent::Text(t)) => vec![t.clone()],
+            Some(MessageContent::Parts(parts)) => {
+                parts.iter().filter_map(|p| p.text.clone()).collect()
             }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot encode a refusal"),
-    }
-    let mut resp = err.into_response();
-    trace.apply(resp.headers_mut());
-    resp
+            None => vec![],
+        })
+        .collect();
+    Ok(Parsed {
+        prompt,
+        prompt_hash: sha256_tag(&serde_json::to_vec(&req.messages).map_err(internal)?),
+        model: req.model.clone(),
+        stream,
+        forward_usage,
+        uses_tools,
+        uses_dimensions: false,
+        body: serde_json::to_value(&req).map_err(internal)?,
+        options,
+    })
 }
 
-fn parse_body(gw: &Gateway, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
-    let bytes = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(gw.max_body_bytes)
-        } else {
-            ApiError::BadRequest {
-                message: r.body_text(),
-                param: None,
-            }
-        }
-    })?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest {
-        message: format!("invalid JSON body: {e}"),
-        param: None,
-    })?;
-    if !v.is_object() {
-        return Err(ApiError::BadRequest {
-            message: "the body must be a JSON object".into(),
-            param: None,
-        });
-    }
-    Ok(v)
-}
-
-fn check_number(v: &Value, param: &str, lo: f64, hi: f64) -> Result<(), ApiError> {
-    match &v[param] {
-        Value::Null => Ok(()),
-        Value::Number(n) if n.as_f64().is_some_and(|x| (lo..=hi).contains(&x)) => Ok(()),
-        _ => Err(ApiError::bad(
-            param,
-            format!("{param} must be a number between {lo} and {hi}"),
-        )),
-    }
-}
-
-fn validate_chat(v: &Value) -> Result<(), ApiError> {
-    if !v["model"].is_string() {
-        return Err(ApiError::bad(
-            "model",
-            "model is required and must be a string",
-        ));
-    }
-    let msgs = v["messages"]
-        .as_array()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::bad("messages", "messages must be a non-empty array"))?;
-    for (i, m) in msgs.iter().enumerate() {
-        let role = m["role"].as_str().unwrap_or("");
-        if !ROLES.contains(&role) {
-            return Err(ApiError::bad(
-                &format!("messages[{i}].role"),
-                format!("messages[{i}].role must be one of {}", ROLES.join(", ")),
-            ));
-        }
-    }
-    if !(v["stream"].is_null() || v["stream"].is_boolean()) {
-        return Err(ApiError::bad("stream", "stream must be a boolean"));
-    }
-    check_number(v, "temperature", 0.0, 2.0)?;
-    check_number(v, "top_p", 0.0, 1.0)?;
-    for p in ["max_tokens", "max_completion_tokens"] {
-        if !(v[p].is_null() || v[p].as_u64().is_some_and(|n| n > 0)) {
-            return Err(ApiError::bad(p, format!("{p} must be a positive integer")));
-        }
-    }
-    if !(v["tools"].is_null() || v["tools"].is_array()) {
-        return Err(ApiError::bad("tools", "tools must be an array"));
-    }
-    Ok(())
-}
-
-fn validate_embeddings(v: &Value) -> Result<(), ApiError> {
-    if !v["model"].is_string() {
-        return Err(ApiError::bad(
-            "model",
-            "model is required and must be a string",
-        ));
-    }
-    let ok = match &v["input"] {
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => {
-            !a.is_empty()
-                && a.len() <= 2048
-                && a.iter()
-                    .all(|x| x.is_string() || x.is_array() || x.is_u64())
-        }
-        _ => false,
+fn parse_embeddings(bytes: &[u8]) -> Result<Parsed, ApiError> {
+    let mut req: EmbeddingsRequest = openai::parse_json(bytes)?;
+    req.validate()?;
+    let options = req.take_isnad_options()?;
+    let prompt = match &req.input {
+        EmbeddingInput::Text(t) => vec![t.clone()],
+        EmbeddingInput::Texts(ts) => ts.clone(),
+        EmbeddingInput::Tokens(_) | EmbeddingInput::TokenArrays(_) => vec![],
     };
-    if !ok {
-        return Err(ApiError::bad(
-            "input",
-            "input must be a non-empty string or array (at most 2048 items)",
-        ));
-    }
-    match v["encoding_format"].as_str() {
-        None if v["encoding_format"].is_null() => {}
-        Some("float" | "base64") => {}
-        _ => {
-            return Err(ApiError::bad(
-                "encoding_format",
-                "encoding_format must be float or base64",
-            ))
-        }
-    }
-    if !(v["dimensions"].is_null() || v["dimensions"].as_u64().is_some_and(|n| n > 0)) {
-        return Err(ApiError::bad(
-            "dimensions",
-            "dimensions must be a positive integer",
-        ));
-    }
-    Ok(())
+    Ok(Parsed {
+        prompt,
+        prompt_hash: sha256_tag(&serde_json::to_vec(&req.input).map_err(internal)?),
+        model: req.model.clone(),
+        stream: false,
+        forward_usage: false,
+        uses_tools: None,
+        uses_dimensions: req.dimensions.is_some(),
+        body: serde_json::to_value(&req).map_err(internal)?,
+        options,
+    })
 }
 
-/// 422 when the chosen model cannot honour a parameter (rather than silently dropping it).
-fn check_capabilities(registry: &Registry, model: &str, v: &Value) -> Result<(), ApiError> {
-    let Some(m) = registry
-        .get(model)
-        .or_else(|| registry.default_chat().filter(|_| model == AUTO_ROUTER))
-    else {
-        return Ok(());
-    };
-    if !m.config.supports_tools {
-        for p in ["tools", "tool_choice", "response_format"] {
-            if !v[p].is_null() {
-                return Err(ApiError::Unprocessable {
-                    message: format!("model `{}` does not support `{p}`", m.config.id),
-                    param: p.into(),
-                });
-            }
-        }
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+fn body_rejection(r: BytesRejection, limit: usize) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::refuse(
+            RefusalCode::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
+    } else {
+        ApiError::refuse(RefusalCode::InvalidRequest, r.body_text())
     }
-    if m.config.kind == ModelKind::Embedding
-        && !m.config.variable_dimensions
-        && !v["dimensions"].is_null()
-    {
-        return Err(ApiError::Unprocessable {
-            message: format!("model `{}` has a fixed number of dimensions", m.config.id),
-            param: "dimensions".into(),
-        });
-    }
-    Ok(())
 }
 
 /// `POST /v1/chat/completions`
 pub async fn chat_completions(
     State(gw): State<Gateway>,
-    identity: Option<Extension<ClientIdentity>>,
+    admitted: Admitted,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(gw, identity, headers, body, Endpoint::Chat).await
+    Call::new(gw, admitted, &headers, Endpoint::Chat)
+        .serve(body, parse_chat)
+        .await
 }
 
 /// `POST /v1/embeddings`
 pub async fn embeddings(
     State(gw): State<Gateway>,
-    identity: Option<Extension<ClientIdentity>>,
+    admitted: Admitted,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(gw, identity, headers, body, Endpoint::Embeddings).await
-}
-
-/// The actor journaled for a request: the verified client certificate's identity under mTLS,
-/// else the name of its key (`anonymous` before its key is checked).
-fn actor(identity: Option<&Extension<ClientIdentity>>, principal: Option<&Principal>) -> String {
-    match (identity, principal) {
-        (Some(Extension(ClientIdentity(id))), _) => format!("cert:{id}"),
-        (None, Some(p)) => p.name.clone(),
-        (None, None) => "anonymous".to_owned(),
-    }
+    Call::new(gw, admitted, &headers, Endpoint::Embeddings)
+        .serve(body, parse_embeddings)
+        .await
 }
 
 /// Detaches the request's attachment however the response ends (including a client that leaves).
@@ -304,223 +248,311 @@ impl Drop for Detach {
     }
 }
 
-async fn handle(
+/// One admitted request, from its body to its answer.
+struct Call {
     gw: Gateway,
-    identity: Option<Extension<ClientIdentity>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
     endpoint: Endpoint,
-) -> Response {
-    let started = Instant::now();
-    let mut trace = Trace {
-        request_id: new_request_id(),
-        audit: None,
-        node_id: gw.bus.journal().node_id(),
-        route_policy: None,
-        residency: None,
-    };
-    let Some(principal) = gw.credentials.authenticate(&headers) else {
-        let actor = actor(identity.as_ref(), None);
-        return reject(&gw, &trace, &actor, endpoint, ApiError::Unauthorized).await;
-    };
-    let actor = actor(identity.as_ref(), Some(&principal));
-    if !principal.role.may_infer() {
-        let err = ApiError::role_forbidden(principal.role, "call models");
-        return reject(&gw, &trace, &actor, endpoint, err).await;
-    }
-    let v = match parse_body(&gw, body).and_then(|v| {
-        match endpoint {
-            Endpoint::Chat => validate_chat(&v)?,
-            Endpoint::Embeddings => validate_embeddings(&v)?,
-        }
-        Ok(v)
-    }) {
-        Ok(v) => v,
-        Err(e) => return reject(&gw, &trace, &actor, endpoint, e).await,
-    };
-    let model = v["model"].as_str().unwrap_or_default().to_owned();
-    let want = if endpoint == Endpoint::Chat {
-        ModelKind::Chat
-    } else {
-        ModelKind::Embedding
-    };
-    let known = if model == AUTO_ROUTER && endpoint == Endpoint::Chat {
-        gw.registry.default_chat().is_some()
-    } else {
-        gw.registry
-            .get(&model)
-            .is_some_and(|m| m.config.kind == want)
-    };
-    if !known {
-        return reject(
-            &gw,
-            &trace,
-            &actor,
+    trace: Trace,
+    admitted: Admitted,
+    started: Instant,
+    /// A refusal found before the body was read (an unusable `X-Request-Id`).
+    early: Option<ApiError>,
+    /// The client asked for a stream.
+    stream: bool,
+}
+
+impl Call {
+    fn new(gw: Gateway, admitted: Admitted, headers: &HeaderMap, endpoint: Endpoint) -> Self {
+        let (request_id, early) = request_id(headers);
+        let trace = Trace {
+            request_id,
+            audit: None,
+            node_id: gw.bus.journal().node_id(),
+            route_policy: None,
+            residency: None,
+        };
+        Self {
+            gw,
             endpoint,
-            ApiError::ModelNotFound(isnad_inference::stages::model_not_found(&model)),
-        )
-        .await;
-    }
-    if let Err(e) = check_capabilities(&gw.registry, &model, &v) {
-        return reject(&gw, &trace, &actor, endpoint, e).await;
-    }
-    let stream = endpoint == Endpoint::Chat && v["stream"].as_bool().unwrap_or(false);
-    let prompt = if endpoint == Endpoint::Chat {
-        &v["messages"]
-    } else {
-        &v["input"]
-    };
-    let prompt_hash = format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(prompt.to_string().as_bytes()))
-    );
-
-    let (tx, mut rx) = mpsc::channel::<Item>(64);
-    let request = InferenceRequest {
-        endpoint,
-        body: v,
-        requested_model: model.clone(),
-        stream,
-        tx,
-        started,
-        scope: principal.scope.clone(),
-    };
-    let received = RequestReceived {
-        endpoint: endpoint.path().into(),
-        model,
-        prompt_hash,
-        stream,
-        client_ip: None,
-    };
-    let event = match NewEvent::new(&received) {
-        Ok(e) => e.request_id(&trace.request_id).actor(actor.clone()),
-        Err(e) => return ApiError::Internal(e.to_string()).into_response(),
-    };
-    let detach = Detach {
-        bus: gw.bus.clone(),
-        request_id: trace.request_id.clone(),
-    };
-    let attachment: Attachment = Arc::new(request);
-    let submitted = match gw.bus.submit_request(event, attachment.clone(), &gw.stages) {
-        Ok(submitted) => submitted,
-        Err(e @ isnad_pipeline::Error::RequestStage { .. }) => {
-            tracing::error!(request_id = %trace.request_id, error = %e, "a request-path stage failed");
-            let err = ApiError::Internal(e.to_string());
-            return reject(&gw, &trace, &actor, endpoint, err).await;
+            trace,
+            admitted,
+            started: Instant::now(),
+            early,
+            stream: false,
         }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot journal a request");
-            return ApiError::Unavailable.into_response();
-        }
-    };
-    let find = |kind: &str| submitted.events().iter().find(|e| e.kind == kind).cloned();
-    let (refusal, route) = (find(RequestRejected::KIND), find(RouteSelected::KIND));
-    // The model call starts now, while the journal seals the group; the outcome is appended
-    // after the group, and nothing is answered before both are durable.
-    let dispatched = match (&refusal, route) {
-        (Some(_), _) => Ok(()),
-        (None, Some(route)) => isnad_inference::stages::dispatch(
-            gw.registry.clone(),
-            gw.bus.journal().clone(),
-            route,
-            attachment,
-        ),
-        (None, None) => Err("the router chose no model".to_owned()),
-    };
-    let receipts = match submitted.sequenced().await {
-        Ok(receipts) => receipts,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot journal a request");
-            return ApiError::Unavailable.into_response();
-        }
-    };
-    if let Some(first) = receipts.first() {
-        trace.audit = Some(format!("{}:{}", first.seq, hex::encode(first.hash)));
-    }
-    if let Some(refusal) = refusal {
-        return refused(&trace, &refusal);
-    }
-    if let Err(e) = dispatched {
-        tracing::error!(request_id = %trace.request_id, error = %e, "request not dispatched");
-        return reject(&gw, &trace, &actor, endpoint, ApiError::Internal(e)).await;
     }
 
-    match rx.recv().await {
-        Some(Item::Routed {
-            model: _,
-            residency,
-            policy,
-        }) => {
-            trace.route_policy = Some(policy);
-            trace.residency = Some(residency);
+    /// Parse, admit, submit, respond.
+    async fn serve(
+        mut self,
+        body: Result<Bytes, BytesRejection>,
+        parse: fn(&[u8]) -> Result<Parsed, ApiError>,
+    ) -> Response {
+        let bytes = match body {
+            Ok(b) => b,
+            Err(r) => {
+                let err = body_rejection(r, self.gw.max_body_bytes);
+                return self.refuse_unparsed(&[], err).await;
+            }
+        };
+        let role = self.admitted.principal.role;
+        let early = match self.early.take() {
+            Some(e) => Some(e),
+            None if !role.may_infer() => Some(ApiError::role_forbidden(role, "call models")),
+            None => None,
+        };
+        if let Some(err) = early {
+            return self.refuse_unparsed(&bytes, err).await;
         }
-        other => return unexpected(&trace, other),
+        let parsed = match parse(&bytes) {
+            Ok(p) => p,
+            Err(err) => {
+                return self.refuse_unparsed(&bytes, err).await;
+            }
+        };
+        self.submit(parsed).await
     }
-    if stream {
-        return stream_response(gw, trace, rx, detach);
+
+    fn received(
+        &self,
+        model: &str,
+        prompt_hash: String,
+        stream: bool,
+    ) -> Result<NewEvent, ApiError> {
+        let ev = NewEvent::new(&RequestReceived {
+            endpoint: self.endpoint.path().into(),
+            model: model.to_owned(),
+            prompt_hash,
+            stream,
+            client_ip: None,
+        })
+        .map_err(internal)?
+        .request_id(&self.trace.request_id)
+        .actor(self.admitted.actor.clone());
+        Ok(match &self.admitted.principal.team {
+            Some(team) => ev.team(team.clone()),
+            None => ev,
+        })
     }
-    let answer = match rx.recv().await {
-        Some(Item::Json(v)) => v,
-        Some(Item::Failed {
-            status,
-            code,
-            message,
-        }) => return finish_failure(&gw, &trace, &mut rx, status, code, message).await,
-        other => return unexpected(&trace, other),
-    };
-    match rx.recv().await {
-        Some(Item::Done { seq }) => {
-            if gw.bus.journal().wait_durable(seq).await.is_err() {
-                return ApiError::Unavailable.into_response();
+
+    /// Refuses a request whose body was not parsed (or not read): its `request.received` has
+    /// the body's hash and no model.
+    async fn refuse_unparsed(self, bytes: &[u8], err: ApiError) -> Response {
+        let received = self.received("", sha256_tag(bytes), false);
+        self.refuse(received, vec![], "gateway", err).await
+    }
+
+    /// Journals the refusal as the request's group (the request, the steps' `events`, then
+    /// `request.rejected` from `stage`), durably, then answers it.
+    async fn refuse(
+        mut self,
+        received: Result<NewEvent, ApiError>,
+        events: Vec<NewEvent>,
+        stage: &str,
+        err: ApiError,
+    ) -> Response {
+        let received = match received {
+            Ok(r) => r,
+            Err(e) => return self.trace.apply(e.into_response()),
+        };
+        let rejected = NewEvent::new(&RequestRejected {
+            endpoint: self.endpoint.path().into(),
+            status: err.status().as_u16(),
+            code: err.code().into(),
+            message: err.to_string(),
+        })
+        .map(|ev| derive_output_of_event(stage, &received, events.len(), ev));
+        let rejected = match rejected {
+            Ok(r) => r,
+            Err(e) => return self.trace.apply(internal(e).into_response()),
+        };
+        let mut group = Vec::with_capacity(events.len() + 2);
+        group.push(received);
+        group.extend(events);
+        group.push(rejected);
+        let receipts = match self.gw.bus.submit_group(group, None, true) {
+            Ok(submitted) => submitted.sequenced().await,
+            Err(e) => Err(e),
+        };
+        match receipts {
+            Ok(receipts) => {
+                self.set_audit(&receipts);
+                self.trace.apply(err.into_response())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot journal a refusal");
+                self.trace.apply(ApiError::from(e).into_response())
             }
         }
-        other => return unexpected(&trace, other),
     }
-    drop(detach);
-    let mut resp = Json(answer).into_response();
-    trace.apply(resp.headers_mut());
-    resp
-}
 
-/// A request-path stage refused the request, and its group (the refusal included) is durable:
-/// a refused group's receipts only arrive once it is.
-fn refused(trace: &Trace, refusal: &NewEvent) -> Response {
-    let err = match refusal.payload_as::<RequestRejected>() {
-        Ok(r) => ApiError::from_refusal(&r),
-        Err(e) => ApiError::Internal(e.to_string()),
-    };
-    let mut resp = err.into_response();
-    trace.apply(resp.headers_mut());
-    resp
-}
-
-/// The stage ended a request with an error: wait for its event to be durable, then answer.
-async fn finish_failure(
-    gw: &Gateway,
-    trace: &Trace,
-    rx: &mut mpsc::Receiver<Item>,
-    status: u16,
-    code: &'static str,
-    message: String,
-) -> Response {
-    if let Some(Item::Done { seq }) = rx.recv().await {
-        let _ = gw.bus.journal().wait_durable(seq).await;
+    fn set_audit(&mut self, receipts: &[isnad_journal::Receipt]) {
+        if let Some(first) = receipts.first() {
+            self.trace.audit = Some(format!("{}:{}", first.seq, hex::encode(first.hash)));
+        }
     }
-    let mut resp = ApiError::Upstream {
-        status,
-        code,
-        message,
-    }
-    .into_response();
-    trace.apply(resp.headers_mut());
-    resp
-}
 
-fn unexpected(trace: &Trace, item: Option<Item>) -> Response {
-    tracing::error!(request_id = %trace.request_id, ?item, "pipeline answered out of order");
-    let mut resp = ApiError::Internal("pipeline answered out of order".into()).into_response();
-    trace.apply(resp.headers_mut());
-    resp
+    /// Runs the policy stages, journals the request's group and calls the model the router
+    /// chose while the journal seals it.
+    async fn submit(mut self, parsed: Parsed) -> Response {
+        let received = match self.received(&parsed.model, parsed.prompt_hash.clone(), parsed.stream)
+        {
+            Ok(r) => r,
+            Err(e) => return self.trace.apply(e.into_response()),
+        };
+        let principal = self.admitted.principal.clone();
+        self.stream = parsed.stream;
+        let mut ctx = RequestContext {
+            prompt: parsed.prompt.into(),
+            endpoint: self.endpoint,
+            requested_model: parsed.model.clone(),
+            team: principal.team.clone(),
+            local_only: principal.scope.local_only,
+            scope: principal.scope.clone(),
+            uses_tools: parsed.uses_tools,
+            uses_dimensions: parsed.uses_dimensions,
+            profile: parsed
+                .options
+                .routing
+                .as_ref()
+                .and_then(|r| r.profile)
+                .or(parsed.options.routing_preference),
+        };
+        let evaluated = match policy::evaluate(&self.gw.stages, &received, &mut ctx) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(request_id = %self.trace.request_id, error = %e, "a request-path stage failed");
+                return self
+                    .refuse(Ok(received), vec![], "gateway", internal(e))
+                    .await;
+            }
+        };
+        if let Some((stage, refusal)) = evaluated.refusal {
+            return self
+                .refuse(Ok(received), evaluated.events, &stage, refusal.into())
+                .await;
+        }
+        let Some(route) = evaluated
+            .events
+            .iter()
+            .find(|e| e.kind == RouteSelected::KIND)
+            .cloned()
+        else {
+            let err = internal("the router chose no model");
+            return self
+                .refuse(Ok(received), evaluated.events, "gateway", err)
+                .await;
+        };
+        let (tx, rx) = mpsc::channel::<Item>(64);
+        let attachment: Attachment = Arc::new(InferenceRequest {
+            endpoint: self.endpoint,
+            body: parsed.body,
+            requested_model: parsed.model,
+            stream: parsed.stream,
+            forward_usage: parsed.forward_usage,
+            tx,
+            started: self.started,
+            scope: policy::Scope {
+                local_only: ctx.local_only,
+                ..ctx.scope
+            },
+        });
+        let mut group = vec![received];
+        group.extend(evaluated.events);
+        let submitted = match self
+            .gw
+            .bus
+            .submit_group(group, Some(attachment.clone()), false)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot journal a request");
+                return self.trace.apply(ApiError::from(e).into_response());
+            }
+        };
+        let detach = Detach {
+            bus: self.gw.bus.clone(),
+            request_id: self.trace.request_id.clone(),
+        };
+        // The model call starts now, while the journal seals the group; the outcome is appended
+        // after the group, and nothing is answered before both are durable.
+        let dispatched = isnad_inference::stages::dispatch(
+            self.gw.registry.clone(),
+            self.gw.bus.journal().clone(),
+            route,
+            attachment,
+        );
+        match submitted.sequenced().await {
+            Ok(receipts) => self.set_audit(&receipts),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot journal a request");
+                return self.trace.apply(ApiError::from(e).into_response());
+            }
+        }
+        if let Err(e) = dispatched {
+            tracing::error!(request_id = %self.trace.request_id, error = %e, "request not dispatched");
+            return self.trace.apply(internal(e).into_response());
+        }
+        self.respond(rx, detach).await
+    }
+
+    /// Reads the inference stage's items and shapes the answer.
+    async fn respond(mut self, mut rx: mpsc::Receiver<Item>, detach: Detach) -> Response {
+        match rx.recv().await {
+            Some(Item::Routed {
+                model: _,
+                residency,
+                policy,
+            }) => {
+                self.trace.route_policy = Some(policy);
+                self.trace.residency = Some(residency);
+            }
+            other => return self.unexpected(other),
+        }
+        if self.stream {
+            return stream_response(self.gw, self.trace, rx, detach);
+        }
+        let answer = match rx.recv().await {
+            Some(Item::Json(v)) => v,
+            Some(Item::Failed {
+                status,
+                code,
+                message,
+            }) => {
+                let err = ApiError::Upstream {
+                    status,
+                    code,
+                    message,
+                };
+                return self.finish_failure(&mut rx, err).await;
+            }
+            other => return self.unexpected(other),
+        };
+        match rx.recv().await {
+            Some(Item::Done { seq }) => {
+                if self.gw.bus.journal().wait_durable(seq).await.is_err() {
+                    return self.trace.apply(ApiError::Unavailable.into_response());
+                }
+            }
+            other => return self.unexpected(other),
+        }
+        drop(detach);
+        self.trace.apply(Json(answer).into_response())
+    }
+
+    /// The stage ended a request with an error: wait for its event to be durable, then answer.
+    async fn finish_failure(self, rx: &mut mpsc::Receiver<Item>, err: ApiError) -> Response {
+        if let Some(Item::Done { seq }) = rx.recv().await {
+            let _ = self.gw.bus.journal().wait_durable(seq).await;
+        }
+        self.trace.apply(err.into_response())
+    }
+
+    fn unexpected(self, item: Option<Item>) -> Response {
+        tracing::error!(request_id = %self.trace.request_id, ?item, "pipeline answered out of order");
+        self.trace
+            .apply(internal("pipeline answered out of order").into_response())
+    }
 }
 
 fn stream_response(
@@ -535,7 +567,7 @@ fn stream_response(
         if ended {
             return None;
         }
-        let frame = match rx.recv().await {
+        let (frame, last) = match rx.recv().await {
             Some(Item::Chunk(data)) => (format!("data: {data}\n\n"), false),
             Some(Item::Failed {
                 status,
@@ -547,31 +579,30 @@ fn stream_response(
                 if let Some(Item::Done { seq }) = rx.recv().await {
                     let _ = journal.wait_durable(seq).await;
                 }
-                let err = json!({"error": {"message": message, "type": "server_error", "param": null, "code": code, "status": status}});
-                (format!("data: {err}\n\n"), true)
+                let err = ApiError::Upstream {
+                    status,
+                    code,
+                    message,
+                };
+                (err.sse_frame(), true)
             }
-            Some(Item::Done { seq }) => {
-                let ok = journal.wait_durable(seq).await.is_ok();
-                if ok {
-                    ("data: [DONE]\n\n".to_owned(), true)
-                } else {
-                    let err = json!({"error": {"message": "the activity journal is unavailable", "type": "server_error", "param": null, "code": "journal_unavailable"}});
-                    (format!("data: {err}\n\n"), true)
-                }
-            }
+            Some(Item::Done { seq }) => match journal.wait_durable(seq).await {
+                Ok(_) => ("data: [DONE]\n\n".to_owned(), true),
+                Err(_) => (ApiError::Unavailable.sse_frame(), true),
+            },
             Some(other) => {
                 tracing::error!(?other, "unexpected item in a stream");
                 return None;
             }
             None => return None,
         };
-        let detach = if frame.1 { None } else { detach };
+        let detach = if last { None } else { detach };
         Some((
-            Ok::<_, Infallible>(Bytes::from(frame.0)),
-            (rx, journal, detach, frame.1),
+            Ok::<_, Infallible>(Bytes::from(frame)),
+            (rx, journal, detach, last),
         ))
     });
-    let mut resp = (
+    let resp = (
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -580,15 +611,12 @@ fn stream_response(
         Body::from_stream(body),
     )
         .into_response();
-    trace.apply(resp.headers_mut());
-    resp
+    trace.apply(resp)
 }
 
 /// `GET /v1/models`
-pub async fn models(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
-    let Some(principal) = gw.credentials.authenticate(&headers) else {
-        return ApiError::Unauthorized.into_response();
-    };
+pub async fn models(State(gw): State<Gateway>, admitted: Admitted) -> Response {
+    let principal = admitted.principal;
     // A key sees the models it may use.
     let mut data: Vec<Value> = gw
         .registry

@@ -1,8 +1,19 @@
 //! The `isnad` binary's library: configuration, the HTTP server and its handlers, the bootstrap
-//! admin token, and the operator's and auditor's command-line tools. Handlers stay thin: parse,
-//! authorise, hand to the journal or pipeline, shape the response; HTTP status mapping lives only
-//! in [`error`].
+//! admin token, and the operator's and auditor's command-line tools.
+//!
+//! - [`server`]: `app(state)`, the one router over one [`server::AppState`]; the limits
+//!   middleware (load shedding, time limit), the activity API, `serve`.
+//! - [`admission`]: the first step of every gateway request (the key), and the bounded summary
+//!   of refusals made before it.
+//! - [`gateway`]: the OpenAI-compatible handlers: parse, admit, submit, respond.
+//! - [`error`]: the one mapping from errors and refusal codes to HTTP.
+//! - [`auth`], [`config`], [`tls`], [`metrics`], and the CLI tools ([`journal_cli`],
+//!   [`models_cli`]).
+//!
+//! Modules depend in one direction: handlers use `admission`, `auth` and `error`; `error` uses
+//! `auth` for role names; nothing here imports `server` but `main`.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod error;

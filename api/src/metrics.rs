@@ -1,19 +1,23 @@
-//! Prometheus metrics, folded from two sources: HTTP outcomes observed by a middleware, and the
-//! journal itself (completions, tokens, fallbacks, refusals), which a task follows as it grows.
+//! Prometheus metrics, from two sources: HTTP outcomes observed by a middleware (this process's
+//! life), and projections of the journal (completions, tokens, fallbacks, refusals: [`Usage`];
+//! per-model latency and errors: [`ModelStats`]), which survive restarts because their state is
+//! persisted with the position it was folded to, and agree with a replay of the log.
 //! Nothing is sent anywhere: `/metrics` is scraped from inside the boundary.
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-use isnad_journal::{Journal, Watermark};
-use isnad_schemas::{CompletionFinished, ModelFallback, RequestRejected};
+use isnad_journal::{Entry, Journal};
+use isnad_pipeline::{
+    policy::{ModelStat, ModelStats},
+    Projection, ProjectionHandle,
+};
+use isnad_schemas::{CompletionFinished, ModelFallback, Payload as _, RequestRejected};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: &[f64] = &[
@@ -42,17 +46,81 @@ impl Histogram {
     }
 }
 
+/// What the journal says the gateway served: folded from its entries.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Completions by `model` and `finish_reason` (`"model\tfinish_reason"`).
+    pub completions: BTreeMap<String, u64>,
+    /// Prompt tokens.
+    pub tokens_prompt: u64,
+    /// Completion tokens.
+    pub tokens_completion: u64,
+    /// Refusals by status and code (`"status\tcode"`), upstream failures included.
+    pub rejected: BTreeMap<String, u64>,
+    /// Fallbacks to another model.
+    pub fallbacks: u64,
+}
+
+const USAGE_FORMAT: &[u8] = b"usage/1\n";
+
+impl Projection for Usage {
+    fn name(&self) -> &str {
+        "usage"
+    }
+
+    fn wants(&self, entry: &Entry) -> bool {
+        let k = entry.event.kind.as_str();
+        k == CompletionFinished::KIND || k == RequestRejected::KIND || k == ModelFallback::KIND
+    }
+
+    fn apply(&mut self, e: &Entry) {
+        if let Ok(c) = e.event.payload_as::<CompletionFinished>() {
+            self.tokens_prompt += c.prompt_tokens;
+            self.tokens_completion += c.completion_tokens;
+            *self
+                .completions
+                .entry(format!("{}\t{}", c.model, c.finish_reason))
+                .or_default() += 1;
+        } else if let Ok(r) = e.event.payload_as::<RequestRejected>() {
+            *self
+                .rejected
+                .entry(format!("{}\t{}", r.status, r.code))
+                .or_default() += 1;
+        } else if e.event.payload_as::<ModelFallback>().is_ok() {
+            self.fallbacks += 1;
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = USAGE_FORMAT.to_vec();
+        serde_json::to_writer(&mut out, self).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Self, String> {
+        let body = bytes
+            .strip_prefix(USAGE_FORMAT)
+            .ok_or("not usage/1 state")?;
+        serde_json::from_slice(body).map_err(|e| e.to_string())
+    }
+}
+
+/// The journal's projections that `/metrics` shows.
+#[derive(Clone)]
+pub struct Projections {
+    /// Usage counters.
+    pub usage: ProjectionHandle<Usage>,
+    /// Per-model latency and errors.
+    pub models: ProjectionHandle<ModelStats>,
+}
+
 /// All counters of one process.
 #[derive(Default)]
 pub struct Metrics {
     http: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
-    completions: Mutex<BTreeMap<(String, String), u64>>,
-    tokens_prompt: AtomicU64,
-    tokens_completion: AtomicU64,
-    rejected: Mutex<BTreeMap<(u16, String), u64>>,
-    fallbacks: AtomicU64,
     shed: AtomicU64,
+    projections: Mutex<Option<Projections>>,
 }
 
 impl Metrics {
@@ -75,37 +143,9 @@ impl Metrics {
         self.shed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Follows the journal from its current end and folds outcome events into the counters.
-    pub fn follow(self: &Arc<Self>, journal: &Journal) -> tokio::task::JoinHandle<()> {
-        let mut sub = journal.subscribe(journal.len(), Watermark::Sequenced);
-        let me = self.clone();
-        tokio::spawn(async move {
-            while let Ok(e) = sub.next().await {
-                match e.event.kind.as_str() {
-                    "completion.finished" => {
-                        if let Ok(c) = e.event.payload_as::<CompletionFinished>() {
-                            me.tokens_prompt
-                                .fetch_add(c.prompt_tokens, Ordering::Relaxed);
-                            me.tokens_completion
-                                .fetch_add(c.completion_tokens, Ordering::Relaxed);
-                            *me.completions
-                                .lock()
-                                .entry((c.model, c.finish_reason))
-                                .or_default() += 1;
-                        }
-                    }
-                    "request.rejected" => {
-                        if let Ok(r) = e.event.payload_as::<RequestRejected>() {
-                            *me.rejected.lock().entry((r.status, r.code)).or_default() += 1;
-                        }
-                    }
-                    "model.fallback" if e.event.payload_as::<ModelFallback>().is_ok() => {
-                        me.fallbacks.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-            }
-        })
+    /// Shows `projections` from now on.
+    pub fn show(&self, projections: Projections) {
+        *self.projections.lock() = Some(projections);
     }
 
     /// The Prometheus text exposition.
@@ -144,35 +184,20 @@ impl Metrics {
                 h.count
             ));
         }
-        line("# HELP isnad_completions_total Completions by model and finish reason.".into());
-        line("# TYPE isnad_completions_total counter".into());
-        for ((model, reason), n) in self.completions.lock().iter() {
-            line(format!(
-                "isnad_completions_total{{model=\"{model}\",finish_reason=\"{reason}\"}} {n}"
-            ));
+        if let Some(p) = self.projections.lock().clone() {
+            p.usage.read(|u| render_usage(&mut line, u));
+            p.models.read(|m| render_models(&mut line, &m.models));
+            line("# HELP isnad_projection_lag_entries Journal entries a projection has not folded yet.".into());
+            line("# TYPE isnad_projection_lag_entries gauge".into());
+            for (name, lag) in [
+                (p.usage.name(), p.usage.lag()),
+                (p.models.name(), p.models.lag()),
+            ] {
+                line(format!(
+                    "isnad_projection_lag_entries{{projection=\"{name}\"}} {lag}"
+                ));
+            }
         }
-        line("# HELP isnad_tokens_total Tokens served.".into());
-        line("# TYPE isnad_tokens_total counter".into());
-        line(format!(
-            "isnad_tokens_total{{kind=\"prompt\"}} {}",
-            self.tokens_prompt.load(Ordering::Relaxed)
-        ));
-        line(format!(
-            "isnad_tokens_total{{kind=\"completion\"}} {}",
-            self.tokens_completion.load(Ordering::Relaxed)
-        ));
-        line("# HELP isnad_requests_rejected_total Refused requests by status and code (upstream errors included).".into());
-        line("# TYPE isnad_requests_rejected_total counter".into());
-        for ((status, code), n) in self.rejected.lock().iter() {
-            line(format!(
-                "isnad_requests_rejected_total{{status=\"{status}\",code=\"{code}\"}} {n}"
-            ));
-        }
-        line("# TYPE isnad_model_fallbacks_total counter".into());
-        line(format!(
-            "isnad_model_fallbacks_total {}",
-            self.fallbacks.load(Ordering::Relaxed)
-        ));
         line("# TYPE isnad_requests_shed_total counter".into());
         line(format!(
             "isnad_requests_shed_total {}",
@@ -190,5 +215,59 @@ impl Metrics {
             journal.len().saturating_sub(journal.durable_len())
         ));
         out
+    }
+}
+
+fn render_usage(line: &mut impl FnMut(String), u: &Usage) {
+    line("# HELP isnad_completions_total Completions by model and finish reason.".into());
+    line("# TYPE isnad_completions_total counter".into());
+    for (key, n) in &u.completions {
+        let (model, reason) = key.split_once('\t').unwrap_or((key, ""));
+        line(format!(
+            "isnad_completions_total{{model=\"{model}\",finish_reason=\"{reason}\"}} {n}"
+        ));
+    }
+    line("# HELP isnad_tokens_total Tokens served.".into());
+    line("# TYPE isnad_tokens_total counter".into());
+    line(format!(
+        "isnad_tokens_total{{kind=\"prompt\"}} {}",
+        u.tokens_prompt
+    ));
+    line(format!(
+        "isnad_tokens_total{{kind=\"completion\"}} {}",
+        u.tokens_completion
+    ));
+    line("# HELP isnad_requests_rejected_total Refused requests by status and code (upstream errors included).".into());
+    line("# TYPE isnad_requests_rejected_total counter".into());
+    for (key, n) in &u.rejected {
+        let (status, code) = key.split_once('\t').unwrap_or((key, ""));
+        line(format!(
+            "isnad_requests_rejected_total{{status=\"{status}\",code=\"{code}\"}} {n}"
+        ));
+    }
+    line("# TYPE isnad_model_fallbacks_total counter".into());
+    line(format!("isnad_model_fallbacks_total {}", u.fallbacks));
+}
+
+fn render_models(line: &mut impl FnMut(String), models: &BTreeMap<String, ModelStat>) {
+    line("# HELP isnad_model_attempts_total Model attempts by outcome.".into());
+    line("# TYPE isnad_model_attempts_total counter".into());
+    for (model, s) in models {
+        line(format!(
+            "isnad_model_attempts_total{{model=\"{model}\",outcome=\"completed\"}} {}",
+            s.completed
+        ));
+        line(format!(
+            "isnad_model_attempts_total{{model=\"{model}\",outcome=\"failed\"}} {}",
+            s.failed
+        ));
+    }
+    line("# HELP isnad_model_latency_seconds Moving average of a model's latency.".into());
+    line("# TYPE isnad_model_latency_seconds gauge".into());
+    for (model, s) in models {
+        line(format!(
+            "isnad_model_latency_seconds{{model=\"{model}\"}} {}",
+            s.latency_us / 1e6
+        ));
     }
 }

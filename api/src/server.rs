@@ -17,12 +17,12 @@ use isnad_journal::{export::InclusionBundle, Journal};
 use isnad_schemas::{NewEvent, NodeStarted};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use axum::serve::ListenerExt as _;
 use futures_util::StreamExt as _;
 
 use crate::{
+    admission::{Unadmitted, SUMMARY_EVERY},
     auth::{AdminToken, Credentials},
     config::Config,
     error::ApiError,
@@ -47,6 +47,49 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
+impl AppState {
+    /// The state the server runs with, over an open journal: the policy stages that
+    /// `config.pipeline` lists, the limits of `config.server`.
+    pub fn new(
+        config: &Config,
+        journal: Journal,
+        registry: Arc<isnad_inference::registry::Registry>,
+        credentials: Arc<Credentials>,
+    ) -> Result<Self, isnad_pipeline::policy::PolicyConfigError> {
+        let stages = isnad_pipeline::policy::build(&config.pipeline, registry.clone())?;
+        let gateway = Gateway {
+            bus: isnad_pipeline::Bus::new(journal.clone()),
+            registry,
+            credentials: credentials.clone(),
+            max_body_bytes: config.server.max_body_bytes,
+            stages: stages.into(),
+            unadmitted: Arc::new(Unadmitted::default()),
+        };
+        Ok(Self {
+            journal,
+            credentials,
+            gateway,
+            metrics: Arc::new(Metrics::default()),
+            limit: Arc::new(tokio::sync::Semaphore::new(
+                config.server.max_concurrent_requests.max(1),
+            )),
+            request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
+        })
+    }
+}
+
+impl FromRef<AppState> for Arc<Credentials> {
+    fn from_ref(s: &AppState) -> Self {
+        s.credentials.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Unadmitted> {
+    fn from_ref(s: &AppState) -> Self {
+        s.gateway.unadmitted.clone()
+    }
+}
+
 impl FromRef<AppState> for Gateway {
     fn from_ref(s: &AppState) -> Self {
         s.gateway.clone()
@@ -54,7 +97,8 @@ impl FromRef<AppState> for Gateway {
 }
 
 /// The router, without a socket (tests call it directly).
-pub fn app(state: AppState, config: &Config) -> Router {
+pub fn app(state: AppState) -> Router {
+    let max_body_bytes = state.gateway.max_body_bytes;
     let openai = Router::new()
         .route(
             "/v1/chat/completions",
@@ -79,9 +123,7 @@ pub fn app(state: AppState, config: &Config) -> Router {
         .merge(v1)
         .merge(openai)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .layer(axum::extract::DefaultBodyLimit::max(
-            config.server.max_body_bytes,
-        ))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
@@ -92,25 +134,20 @@ async fn limits(State(state): State<AppState>, req: Request, next: Next) -> Resp
     let path = req.uri().path().to_owned();
     let Ok(permit) = state.limit.clone().try_acquire_owned() else {
         state.metrics.observe_shed();
-        let mut resp = ApiError::Upstream {
-            status: 503,
-            code: "server_overloaded",
-            message: "isnad is at its concurrency limit; retry shortly".into(),
-        }
-        .into_response();
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        let source = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        state
+            .gateway
+            .unadmitted
+            .record(source, ApiError::Overloaded.code());
         state.metrics.observe_http(&path, 503, started.elapsed());
-        return resp;
+        return ApiError::Overloaded.into_response();
     };
     let resp = match tokio::time::timeout(state.request_timeout, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => ApiError::Upstream {
-            status: 504,
-            code: "request_timeout",
-            message: "the request took too long".into(),
-        }
-        .into_response(),
+        Err(_) => ApiError::Timeout.into_response(),
     };
     state
         .metrics
@@ -140,7 +177,15 @@ async fn require_auditor(
     match state.credentials.authenticate(&headers) {
         Some(p) if p.role.may_audit() => next.run(req).await,
         Some(p) => ApiError::role_forbidden(p.role, "read the activity journal").into_response(),
-        None => ApiError::Unauthorized.into_response(),
+        None => {
+            let source = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            let code = isnad_schemas::RefusalCode::InvalidApiKey.as_str();
+            state.gateway.unadmitted.record(source, code);
+            ApiError::unauthorized().into_response()
+        }
     }
 }
 
@@ -213,9 +258,11 @@ async fn logs_post(State(state): State<AppState>, body: Bytes) -> Result<Json<Va
     let q: LogQuery = if body.is_empty() {
         LogQuery::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
-            message: format!("invalid JSON body: {e}"),
-            param: None,
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::refuse(
+                isnad_schemas::RefusalCode::InvalidRequest,
+                format!("invalid JSON body: {e}"),
+            )
         })?
     };
     query_logs(&state.journal, q).map(Json)
@@ -456,31 +503,16 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         journal.append_one(loaded).await?;
         tracing::info!(model = %m.name, device = ?m.device, load_ms = m.load_ms, "model loaded");
     }
-    let bus = isnad_pipeline::Bus::new(journal.clone());
-    let stages: Vec<Arc<dyn isnad_pipeline::RequestStage>> = vec![
-        Arc::new(isnad_inference::stages::PassThroughGuardrail),
-        Arc::new(isnad_inference::stages::Router::new(registry.clone())),
-    ];
-    let gateway = Gateway {
-        bus,
-        registry,
-        credentials: credentials.clone(),
-        max_body_bytes: config.server.max_body_bytes,
-        stages: stages.into(),
-    };
-    let metrics = Arc::new(Metrics::default());
-    let follower = metrics.follow(&journal);
-    let state = AppState {
-        journal: journal.clone(),
-        credentials,
-        gateway,
-        metrics,
-        limit: Arc::new(tokio::sync::Semaphore::new(
-            config.server.max_concurrent_requests.max(1),
-        )),
-        request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
-    };
-    let router = app(state, &config);
+    let state = AppState::new(&config, journal.clone(), registry, credentials)?;
+    let unadmitted = state.gateway.unadmitted.clone();
+    let summaries = unadmitted.clone().spawn(journal.clone(), SUMMARY_EVERY);
+    // Projections of the journal, resumed from their saved state.
+    let mut runner = isnad_pipeline::Runner::new(state.gateway.bus.clone());
+    state.metrics.show(crate::metrics::Projections {
+        usage: runner.project(crate::metrics::Usage::default())?,
+        models: runner.project(isnad_pipeline::policy::ModelStats::default())?,
+    });
+    let router = app(state);
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
@@ -495,14 +527,16 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
                 listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 }),
-                router,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(shutdown)
             .await?
         }
     }
     tracing::info!("shutting down: checkpointing the journal");
-    follower.abort();
+    runner.shutdown().await;
+    summaries.abort();
+    unadmitted.write(&journal).await;
     journal.shutdown().await?;
     Ok(())
 }
@@ -527,9 +561,4 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
-}
-
-/// SHA-256 helper shared with the auth module.
-pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
 }

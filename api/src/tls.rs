@@ -160,6 +160,8 @@ pub async fn serve(
                     if let Some(id) = &identity {
                         req.extensions_mut().insert(id.clone());
                     }
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
                     req
                 });
             let conn = auto::Builder::new(TokioExecutor::new())

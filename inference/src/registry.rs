@@ -70,45 +70,7 @@ fn default_retries() -> u32 {
     2
 }
 
-/// Where a model runs relative to the data boundary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Residency {
-    /// In-process or an in-boundary upstream.
-    Local,
-    /// Outside the boundary: sensitive data must never reach it.
-    External,
-}
-
-impl Residency {
-    /// `local` or `external`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Local => "local",
-            Self::External => "external",
-        }
-    }
-}
-
-/// What a model does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelKind {
-    /// Chat completions.
-    Chat,
-    /// Embeddings.
-    Embedding,
-}
-
-impl ModelKind {
-    /// `chat` or `embedding`, as manifests and events name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Chat => "chat",
-            Self::Embedding => "embedding",
-        }
-    }
-}
+pub use isnad_pipeline::policy::{ModelKind, Residency};
 
 /// `[[models]]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -195,17 +157,81 @@ pub struct Registry {
     loaded: Vec<LoadReport>,
 }
 
+/// The registry a configuration describes, checked without building anything: no upstream client
+/// made, no model file hashed, no engine started. [`Registry::load`] builds from it.
+#[derive(Clone, Debug)]
+pub struct CheckedRegistry {
+    models: Vec<ModelConfig>,
+    default_chat: Option<String>,
+    egress: EgressPolicy,
+    base_urls: BTreeMap<String, Url>,
+}
+
+impl CheckedRegistry {
+    /// The models, in configuration order.
+    pub fn models(&self) -> &[ModelConfig] {
+        &self.models
+    }
+
+    /// A model by id.
+    pub fn get(&self, id: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.id == id)
+    }
+
+    /// The model `auto-router` uses: `[routing] default_model`, else the first chat model.
+    pub fn default_chat(&self) -> Option<&ModelConfig> {
+        self.default_chat.as_deref().and_then(|d| self.get(d))
+    }
+
+    /// The egress policy: exactly the providers' origins.
+    pub fn egress(&self) -> &EgressPolicy {
+        &self.egress
+    }
+}
+
+impl isnad_pipeline::policy::ModelCatalog for CheckedRegistry {
+    fn model(&self, id: &str) -> Option<isnad_pipeline::policy::ModelInfo<'_>> {
+        self.get(id).map(ModelConfig::info)
+    }
+
+    fn default_chat(&self) -> Option<isnad_pipeline::policy::ModelInfo<'_>> {
+        CheckedRegistry::default_chat(self).map(ModelConfig::info)
+    }
+
+    fn models(&self) -> Vec<isnad_pipeline::policy::ModelInfo<'_>> {
+        self.models.iter().map(ModelConfig::info).collect()
+    }
+}
+
+impl ModelConfig {
+    /// The model as the policy stages see it.
+    pub fn info(&self) -> isnad_pipeline::policy::ModelInfo<'_> {
+        isnad_pipeline::policy::ModelInfo {
+            id: &self.id,
+            provider: &self.provider,
+            kind: self.kind,
+            residency: self.residency,
+            supports_tools: self.supports_tools,
+            variable_dimensions: self.variable_dimensions,
+        }
+    }
+}
+
 impl Registry {
-    /// Checks and builds the registry; the egress policy allows exactly the providers' origins.
-    /// Models of provider `local` are verified against their manifests and started.
-    pub fn load(
+    /// Checks everything [`Registry::load`] checks that needs no model opened: provider names,
+    /// base URLs and their API key variables, model ids, providers, fallbacks and the default
+    /// model; for models of provider `local`, that the manifest parses, is of the configured
+    /// kind and that every file it lists is present (their hashes are checked at load), and that
+    /// the ONNX Runtime library is installed. Errors name the key path
+    /// (`models[2].fallbacks[0]: unknown model "x"`).
+    pub fn check(
         providers: &BTreeMap<String, ProviderConfig>,
         models: &[ModelConfig],
         default_chat: Option<&str>,
         local: &LocalConfig,
-    ) -> Result<Self> {
+    ) -> Result<CheckedRegistry> {
         let mut egress = EgressPolicy::deny_all();
-        let mut built: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
+        let mut base_urls = BTreeMap::new();
         for (name, p) in providers {
             if name == LOCAL_PROVIDER {
                 return Err(Error::Invalid(format!(
@@ -222,6 +248,102 @@ impl Registry {
             egress
                 .allow(&url)
                 .map_err(|e| Error::Invalid(format!("providers.{name}.base_url: {e}")))?;
+            if let Some(var) = &p.api_key_env {
+                // Only whether it is set: the key itself is read when the upstream is built.
+                if std::env::var_os(var).is_none() {
+                    return Err(Error::Invalid(format!(
+                        "providers.{name}.api_key_env: environment variable {var} is not set"
+                    )));
+                }
+            }
+            base_urls.insert(name.clone(), url);
+        }
+        let mut first_local = None;
+        for (i, m) in models.iter().enumerate() {
+            if m.id.is_empty() || m.id.contains(char::is_whitespace) {
+                return Err(Error::Invalid(format!(
+                    "models[{i}].id: must be non-empty without spaces"
+                )));
+            }
+            if models[..i].iter().any(|o| o.id == m.id) {
+                return Err(Error::Invalid(format!(
+                    "models[{i}].id: duplicate model id \"{}\"",
+                    m.id
+                )));
+            }
+            if m.provider == LOCAL_PROVIDER {
+                check_local(local, i, m)?;
+                first_local.get_or_insert(i);
+            } else if !base_urls.contains_key(&m.provider) {
+                return Err(Error::Invalid(format!(
+                    "models[{i}].provider: unknown provider \"{}\"",
+                    m.provider
+                )));
+            }
+        }
+        if let Some(i) = first_local {
+            check_runtime(local).map_err(|e| Error::Invalid(format!("models[{i}]: {e}")))?;
+        }
+        for (i, m) in models.iter().enumerate() {
+            for (j, f) in m.fallbacks.iter().enumerate() {
+                let Some(target) = models.iter().find(|o| &o.id == f) else {
+                    return Err(Error::Invalid(format!(
+                        "models[{i}].fallbacks[{j}]: unknown model \"{f}\""
+                    )));
+                };
+                if target.kind != m.kind {
+                    return Err(Error::Invalid(format!(
+                        "models[{i}].fallbacks[{j}]: \"{f}\" is not a {:?} model",
+                        m.kind
+                    )));
+                }
+            }
+        }
+        if let Some(d) = default_chat {
+            match models.iter().find(|o| o.id == d) {
+                Some(m) if m.kind == ModelKind::Chat => {}
+                Some(_) => {
+                    return Err(Error::Invalid(format!(
+                        "routing.default_model: \"{d}\" is not a chat model"
+                    )))
+                }
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "routing.default_model: unknown model \"{d}\""
+                    )))
+                }
+            }
+        }
+        let default_chat = default_chat.map(str::to_owned).or_else(|| {
+            models
+                .iter()
+                .find(|m| m.kind == ModelKind::Chat)
+                .map(|m| m.id.clone())
+        });
+        Ok(CheckedRegistry {
+            models: models.to_vec(),
+            default_chat,
+            egress,
+            base_urls,
+        })
+    }
+
+    /// Checks (see [`Registry::check`]) and builds the registry; the egress policy allows exactly
+    /// the providers' origins. Models of provider `local` are verified against their manifests
+    /// and started.
+    pub fn load(
+        providers: &BTreeMap<String, ProviderConfig>,
+        models: &[ModelConfig],
+        default_chat: Option<&str>,
+        local: &LocalConfig,
+    ) -> Result<Self> {
+        let checked = Self::check(providers, models, default_chat, local)?;
+        let mut built: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
+        for (name, url) in &checked.base_urls {
+            // `check` saw every provider named in `base_urls`.
+            let Some(p) = providers.get(name) else {
+                continue;
+            };
             let api_key = match &p.api_key_env {
                 Some(var) => Some(std::env::var(var).map_err(|_| {
                     Error::Invalid(format!(
@@ -232,7 +354,7 @@ impl Registry {
             };
             let upstream = Upstream::new(
                 name,
-                url,
+                url.clone(),
                 api_key,
                 Duration::from_millis(p.connect_timeout_ms),
                 Duration::from_millis(p.read_timeout_ms),
@@ -242,18 +364,7 @@ impl Registry {
         }
         let mut out: Vec<Model> = Vec::new();
         let mut loaded = Vec::new();
-        for (i, m) in models.iter().enumerate() {
-            if m.id.is_empty() || m.id.contains(char::is_whitespace) {
-                return Err(Error::Invalid(format!(
-                    "models[{i}].id: must be non-empty without spaces"
-                )));
-            }
-            if out.iter().any(|o| o.config.id == m.id) {
-                return Err(Error::Invalid(format!(
-                    "models[{i}].id: duplicate model id \"{}\"",
-                    m.id
-                )));
-            }
+        for (i, m) in checked.models.iter().enumerate() {
             let backend = if m.provider == LOCAL_PROVIDER {
                 let dir = m.upstream_model.as_deref().unwrap_or(&m.id);
                 let (model, report) = LocalModel::load(local, dir)
@@ -281,45 +392,10 @@ impl Registry {
                 backend,
             });
         }
-        for (i, m) in models.iter().enumerate() {
-            for (j, f) in m.fallbacks.iter().enumerate() {
-                let Some(target) = out.iter().find(|o| &o.config.id == f) else {
-                    return Err(Error::Invalid(format!(
-                        "models[{i}].fallbacks[{j}]: unknown model \"{f}\""
-                    )));
-                };
-                if target.config.kind != m.kind {
-                    return Err(Error::Invalid(format!(
-                        "models[{i}].fallbacks[{j}]: \"{f}\" is not a {:?} model",
-                        m.kind
-                    )));
-                }
-            }
-        }
-        if let Some(d) = default_chat {
-            match out.iter().find(|o| o.config.id == d) {
-                Some(m) if m.config.kind == ModelKind::Chat => {}
-                Some(_) => {
-                    return Err(Error::Invalid(format!(
-                        "routing.default_model: \"{d}\" is not a chat model"
-                    )))
-                }
-                None => {
-                    return Err(Error::Invalid(format!(
-                        "routing.default_model: unknown model \"{d}\""
-                    )))
-                }
-            }
-        }
-        let default_chat = default_chat.map(str::to_owned).or_else(|| {
-            out.iter()
-                .find(|m| m.config.kind == ModelKind::Chat)
-                .map(|m| m.config.id.clone())
-        });
         Ok(Self {
             models: out,
-            default_chat,
-            egress,
+            default_chat: checked.default_chat,
+            egress: checked.egress,
             loaded,
         })
     }
@@ -386,6 +462,30 @@ impl Registry {
             }
         }
         out
+    }
+}
+
+impl isnad_pipeline::policy::ModelCatalog for Registry {
+    fn model(&self, id: &str) -> Option<isnad_pipeline::policy::ModelInfo<'_>> {
+        self.get(id).map(Model::info)
+    }
+
+    fn default_chat(&self) -> Option<isnad_pipeline::policy::ModelInfo<'_>> {
+        Registry::default_chat(self).map(Model::info)
+    }
+
+    fn models(&self) -> Vec<isnad_pipeline::policy::ModelInfo<'_>> {
+        self.all().iter().map(Model::info).collect()
+    }
+}
+
+impl Model {
+    /// The model as the policy stages see it.
+    pub fn info(&self) -> isnad_pipeline::policy::ModelInfo<'_> {
+        isnad_pipeline::policy::ModelInfo {
+            provider: &self.provider_name,
+            ..self.config.info()
+        }
     }
 }
 

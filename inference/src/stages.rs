@@ -1,4 +1,5 @@
-//! The request path's routing and inference stages.
+//! The inference stage: calls the model a request was routed to (the policy stages that route it
+//! live in `isnad_pipeline::policy`).
 //!
 //! ```text
 //! handler: request.received ─► guardrail ─► guardrail.evaluated ─► router ─► route.selected
@@ -16,46 +17,18 @@ use std::{sync::Arc, time::Instant};
 
 use futures_util::StreamExt as _;
 use isnad_journal::Journal;
-use isnad_pipeline::{Attachment, RequestStage};
-use isnad_schemas::{
-    CompletionFinished, GuardrailEvaluated, ModelFallback, NewEvent, RequestRejected, RouteSelected,
-};
+pub use isnad_pipeline::policy::{Endpoint, Scope, AUTO_ROUTER, LOCAL_ONLY};
+use isnad_pipeline::Attachment;
+use isnad_schemas::{CompletionFinished, ModelFallback, NewEvent, RequestRejected, RouteSelected};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::{
-    registry::{Model, ModelKind, Registry, Residency},
+    registry::{Model, Registry, Residency},
     upstream::SseParser,
     Error,
 };
-
-/// Which OpenAI endpoint a request is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/v1/chat/completions`.
-    Chat,
-    /// `/v1/embeddings`.
-    Embeddings,
-}
-
-impl Endpoint {
-    /// Path under the upstream's `/v1/`.
-    pub fn upstream_path(self) -> &'static str {
-        match self {
-            Self::Chat => "chat/completions",
-            Self::Embeddings => "embeddings",
-        }
-    }
-
-    /// The public path.
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::Chat => "/v1/chat/completions",
-            Self::Embeddings => "/v1/embeddings",
-        }
-    }
-}
 
 /// What the inference stage sends back to the waiting handler, in order.
 #[derive(Debug)]
@@ -99,6 +72,10 @@ pub struct InferenceRequest {
     pub requested_model: String,
     /// Whether the client asked for a stream.
     pub stream: bool,
+    /// Whether the client asked for a stream's usage chunk. The gateway asks the model for it
+    /// on its own account (its token counts come from it); a client that did not ask does not
+    /// get it.
+    pub forward_usage: bool,
     /// Back to the handler.
     pub tx: mpsc::Sender<Item>,
     /// When the request arrived.
@@ -107,181 +84,12 @@ pub struct InferenceRequest {
     pub scope: Scope,
 }
 
-/// What a client may use, from its credentials: the router and the fallback chain keep to it.
-#[derive(Clone, Debug, Default)]
-pub struct Scope {
-    /// Model ids the client may use; `None` allows every model.
-    pub models: Option<Arc<[String]>>,
-    /// The client's data must stay inside the boundary: an external model is routed around or
-    /// refused with 451, never called.
-    pub local_only: bool,
-}
-
-impl Scope {
-    /// Whether the client may use the model `id` (`auto-router` is always allowed: it routes
-    /// within the scope).
-    pub fn permits(&self, id: &str) -> bool {
-        id == AUTO_ROUTER
-            || self
-                .models
-                .as_ref()
-                .is_none_or(|ms| ms.iter().any(|m| m == id))
-    }
-}
-
-/// Code of a refusal because the client may not use a model (403).
-pub const MODEL_NOT_PERMITTED: &str = "model_not_permitted";
-/// `request.rejected` code of a request for a model the registry does not have.
-pub const MODEL_NOT_FOUND: &str = "model_not_found";
-/// Code of a refusal because the request's data would leave the boundary (451).
-pub const SOVEREIGNTY_VIOLATION: &str = "sovereignty_violation";
-/// Route policy of a request whose data must stay inside the boundary.
-pub const LOCAL_ONLY: &str = "local-only";
-
 fn request_of(a: Option<&Attachment>) -> Option<&InferenceRequest> {
     a.and_then(|a| a.downcast_ref::<InferenceRequest>())
 }
 
 fn sha256_tag(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// The guardrail's place in the path until the guardrail issue fills it: it records that the
-/// request was looked at and lets it through.
-pub struct PassThroughGuardrail;
-
-impl RequestStage for PassThroughGuardrail {
-    fn name(&self) -> &str {
-        "guardrail"
-    }
-
-    fn evaluate(
-        &self,
-        _request: &NewEvent,
-        _earlier: &[NewEvent],
-        _attachment: &Attachment,
-    ) -> Result<Vec<NewEvent>, String> {
-        let ev = GuardrailEvaluated {
-            action: "allow".into(),
-            findings: vec![],
-            policy: "pass-through".into(),
-        };
-        Ok(vec![NewEvent::new(&ev).map_err(|e| e.to_string())?])
-    }
-}
-
-/// Picks the model: the one asked for, or the configured default for `auto-router`.
-pub struct Router {
-    registry: Arc<Registry>,
-}
-
-impl Router {
-    /// A router over `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
-    }
-}
-
-/// The model id that means "let isnad choose".
-pub const AUTO_ROUTER: &str = "auto-router";
-
-impl RequestStage for Router {
-    fn name(&self) -> &str {
-        "router"
-    }
-
-    fn evaluate(
-        &self,
-        _request: &NewEvent,
-        earlier: &[NewEvent],
-        attachment: &Attachment,
-    ) -> Result<Vec<NewEvent>, String> {
-        let req = request_of(Some(attachment)).ok_or("not an inference request")?;
-        // Local only when the credentials say so, or when the guardrail found data that must
-        // not leave the boundary.
-        let local_only = req.scope.local_only
-            || earlier.iter().any(|e| {
-                e.payload_as::<GuardrailEvaluated>()
-                    .is_ok_and(|g| g.action == "local_only")
-            });
-        let ev = match self.route(req, local_only) {
-            Ok((model, policy)) => NewEvent::new(&RouteSelected {
-                requested_model: req.requested_model.clone(),
-                model: model.config.id.clone(),
-                provider: model.provider_name.clone(),
-                residency: model.config.residency.as_str().into(),
-                policy: policy.into(),
-            }),
-            Err((status, code, message)) => NewEvent::new(&RequestRejected {
-                endpoint: req.endpoint.path().into(),
-                status,
-                code: code.into(),
-                message,
-            }),
-        };
-        Ok(vec![ev.map_err(|e| e.to_string())?])
-    }
-}
-
-impl Router {
-    /// The model for `req` and the policy that chose it, or a refusal (status, code, message).
-    fn route(
-        &self,
-        req: &InferenceRequest,
-        local_only: bool,
-    ) -> Result<(&Model, &'static str), (u16, &'static str, String)> {
-        let inside = |m: &Model| !local_only || m.config.residency == Residency::Local;
-        let policy = |default: &'static str| if local_only { LOCAL_ONLY } else { default };
-        if req.requested_model != AUTO_ROUTER {
-            // The gateway's handler refuses unknown models before the pipeline; the router does
-            // not rely on it.
-            let model = self.registry.get(&req.requested_model).ok_or((
-                404,
-                MODEL_NOT_FOUND,
-                model_not_found(&req.requested_model),
-            ))?;
-            if !req.scope.permits(&model.config.id) {
-                return Err((403, MODEL_NOT_PERMITTED, not_permitted(&model.config.id)));
-            }
-            if !inside(model) {
-                return Err((451, SOVEREIGNTY_VIOLATION, format!(
-                    "model `{}` runs outside the data boundary, and this request's data must stay inside it",
-                    model.config.id
-                )));
-            }
-            return Ok((model, policy("requested")));
-        }
-        // auto-router: the configured default, else the first chat model within the scope.
-        let chat = || {
-            self.registry
-                .default_chat()
-                .into_iter()
-                .chain(self.registry.all().iter())
-                .filter(|m| m.config.kind == ModelKind::Chat && req.scope.permits(&m.config.id))
-        };
-        match chat().find(|m| inside(m)) {
-            Some(m) => Ok((m, policy("default"))),
-            None if chat().next().is_some() => Err((
-                451,
-                SOVEREIGNTY_VIOLATION,
-                "no chat model inside the data boundary is available to this request".into(),
-            )),
-            None => Err((
-                403,
-                MODEL_NOT_PERMITTED,
-                "these credentials may use no chat model".into(),
-            )),
-        }
-    }
-}
-
-/// The message of a request for a model the registry does not have.
-pub fn model_not_found(model: &str) -> String {
-    format!("the model `{model}` does not exist or you do not have access to it")
-}
-
-fn not_permitted(model: &str) -> String {
-    format!("these credentials may not use the model `{model}`")
 }
 
 /// Serves a routed request in a task of its own: calls the chosen model (and its fallbacks in
@@ -618,6 +426,11 @@ async fn stream_one(
                 done.prompt_tokens = p;
                 done.completion_tokens = c;
             }
+            let usage_only =
+                v["usage"].is_object() && v["choices"].as_array().is_some_and(|c| c.is_empty());
+            if usage_only && !req.forward_usage {
+                continue;
+            }
             v["model"] = Value::String(model_id.to_owned());
             chunks += 1;
             if req.tx.send(Item::Chunk(v.to_string())).await.is_err() {
@@ -641,153 +454,4 @@ async fn stream_one(
         });
     }
     Ok(finalise(done, hasher))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use std::collections::BTreeMap;
-
-    use isnad_schemas::RequestReceived;
-
-    use super::*;
-    use crate::registry::{ModelConfig, ProviderConfig};
-
-    fn model(id: &str, residency: Residency, fallbacks: &[&str]) -> ModelConfig {
-        crate::registry::chat_model(id, "up", residency, fallbacks)
-    }
-
-    /// `abroad` (external, the default) falls back to `home` (local); `home2` is local too.
-    fn router() -> Router {
-        let providers = BTreeMap::from([(
-            "up".to_owned(),
-            ProviderConfig {
-                base_url: "http://127.0.0.1:9/v1".into(),
-                api_key_env: None,
-                connect_timeout_ms: 100,
-                read_timeout_ms: 100,
-                max_retries: 0,
-            },
-        )]);
-        let models = [
-            model("abroad", Residency::External, &["home"]),
-            model("home", Residency::Local, &[]),
-            model("home2", Residency::Local, &[]),
-        ];
-        let registry =
-            Registry::load(&providers, &models, Some("abroad"), &Default::default()).unwrap();
-        Router::new(Arc::new(registry))
-    }
-
-    /// Routes `model` for a client held to `scope`, after a guardrail verdict `action`.
-    fn route(model: &str, scope: Scope, action: &str) -> NewEvent {
-        let (tx, _rx) = mpsc::channel(1);
-        let attachment: Attachment = Arc::new(InferenceRequest {
-            endpoint: Endpoint::Chat,
-            body: Value::Null,
-            requested_model: model.into(),
-            stream: false,
-            tx,
-            started: Instant::now(),
-            scope,
-        });
-        let request = NewEvent::new(&RequestReceived {
-            endpoint: "/v1/chat/completions".into(),
-            model: model.into(),
-            prompt_hash: "sha256:00".into(),
-            stream: false,
-            client_ip: None,
-        })
-        .unwrap();
-        let verdict = NewEvent::new(&GuardrailEvaluated {
-            action: action.into(),
-            findings: vec![],
-            policy: "test".into(),
-        })
-        .unwrap();
-        let mut out = router()
-            .evaluate(&request, &[verdict], &attachment)
-            .unwrap();
-        assert_eq!(out.len(), 1);
-        out.remove(0)
-    }
-
-    fn chosen(ev: &NewEvent) -> (String, String, String) {
-        let r: RouteSelected = ev.payload_as().unwrap();
-        (r.model, r.residency, r.policy)
-    }
-
-    fn refusal(ev: &NewEvent) -> (u16, String) {
-        let r: RequestRejected = ev.payload_as().unwrap();
-        (r.status, r.code)
-    }
-
-    fn local_only() -> Scope {
-        Scope {
-            models: None,
-            local_only: true,
-        }
-    }
-
-    fn only(ids: &[&str]) -> Scope {
-        Scope {
-            models: Some(ids.iter().map(|s| (*s).to_owned()).collect()),
-            local_only: false,
-        }
-    }
-
-    fn owned(a: &str, b: &str, c: &str) -> (String, String, String) {
-        (a.into(), b.into(), c.into())
-    }
-
-    #[test]
-    fn an_unrestricted_client_gets_what_it_asks_for() {
-        let ev = route("abroad", Scope::default(), "allow");
-        assert_eq!(chosen(&ev), owned("abroad", "external", "requested"));
-        let ev = route(AUTO_ROUTER, Scope::default(), "allow");
-        assert_eq!(chosen(&ev), owned("abroad", "external", "default"));
-    }
-
-    #[test]
-    fn local_only_data_is_refused_an_external_model_and_rerouted_by_auto_router() {
-        for ev in [
-            route("abroad", local_only(), "allow"),
-            route("abroad", Scope::default(), "local_only"),
-        ] {
-            assert_eq!(refusal(&ev), (451, SOVEREIGNTY_VIOLATION.to_owned()));
-        }
-        let ev = route(AUTO_ROUTER, local_only(), "allow");
-        assert_eq!(chosen(&ev), owned("home", "local", LOCAL_ONLY));
-        let ev = route("home2", Scope::default(), "local_only");
-        assert_eq!(chosen(&ev), owned("home2", "local", LOCAL_ONLY));
-    }
-
-    #[test]
-    fn an_unknown_model_is_refused_as_not_found() {
-        let ev = route("nope", Scope::default(), "allow");
-        assert_eq!(refusal(&ev), (404, MODEL_NOT_FOUND.to_owned()));
-        let r: RequestRejected = ev.payload_as().unwrap();
-        assert_eq!(r.message, model_not_found("nope"));
-    }
-
-    #[test]
-    fn a_scoped_client_is_held_to_its_models() {
-        let ev = route("home", only(&["home2"]), "allow");
-        assert_eq!(refusal(&ev), (403, MODEL_NOT_PERMITTED.to_owned()));
-        let ev = route(AUTO_ROUTER, only(&["home2"]), "allow");
-        assert_eq!(chosen(&ev), owned("home2", "local", "default"));
-        // Permitted, but only outside the boundary: the data decides, 451.
-        let ev = route(
-            AUTO_ROUTER,
-            Scope {
-                local_only: true,
-                ..only(&["abroad"])
-            },
-            "allow",
-        );
-        assert_eq!(refusal(&ev), (451, SOVEREIGNTY_VIOLATION.to_owned()));
-        let ev = route(AUTO_ROUTER, only(&[]), "allow");
-        assert_eq!(refusal(&ev), (403, MODEL_NOT_PERMITTED.to_owned()));
-    }
 }

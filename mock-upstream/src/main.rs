@@ -13,6 +13,8 @@
 //! | `slow` | a token every 200 ms |
 //!
 //! `--latency-ms` delays every answer; `--tokens-per-sec` paces streamed tokens.
+//! `GET /mock/last-request` returns the body of the last chat or embeddings request as
+//! received, so tests can check what a gateway sent upstream.
 
 use std::{
     net::SocketAddr,
@@ -61,6 +63,20 @@ struct Args {
 struct Mock {
     args: Args,
     requests: Arc<AtomicU64>,
+    last: Arc<std::sync::Mutex<Bytes>>,
+}
+
+impl Mock {
+    fn record(&self, body: &Bytes) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = body.clone();
+        }
+    }
+}
+
+async fn last_request(State(m): State<Mock>) -> Response {
+    let body = m.last.lock().map(|b| b.clone()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[tokio::main]
@@ -69,11 +85,13 @@ async fn main() -> anyhow::Result<()> {
     let mock = Mock {
         args: args.clone(),
         requests: Arc::default(),
+        last: Arc::default(),
     };
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/mock/last-request", get(last_request))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(mock);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -145,6 +163,7 @@ fn wants_tool(req: &Value) -> Option<String> {
 
 async fn chat(State(m): State<Mock>, body: Bytes) -> Response {
     let n = m.requests.fetch_add(1, Ordering::Relaxed);
+    m.record(&body);
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "invalid JSON");
     };
@@ -282,6 +301,7 @@ fn embed(text: &str, dims: usize) -> Vec<f32> {
 }
 
 async fn embeddings(State(m): State<Mock>, body: Bytes) -> Response {
+    m.record(&body);
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "invalid JSON");
     };

@@ -4,11 +4,11 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use isnad_journal::{Entry, Journal, Receipt, Watermark};
-use isnad_schemas::{NewEvent, Payload as _, RequestRejected};
+use isnad_schemas::NewEvent;
 use parking_lot::Mutex;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use crate::{stage::derive_output_of_event, Attachment, Error, RequestStage, Result};
+use crate::{Attachment, Error, Result};
 
 struct Waiter {
     kinds: Vec<String>,
@@ -140,51 +140,37 @@ impl Bus {
         receipts.pop().ok_or(Error::Closed)
     }
 
-    /// Submits a request: keeps its attachment, runs the request-path `stages` in order, and
-    /// queues the request's event followed by every stage's events as one group (consecutive,
-    /// all or none). Returns the group's events at once, so the caller can act on the decisions
-    /// (call the chosen model) while the journal seals the group.
+    /// Submits a request's group (its `request.received` first, then what the policy stages
+    /// emitted; see [`crate::policy::evaluate`]) as one atomic append: consecutive, all or none.
+    /// Returns at once, so the caller can act on the decisions (call the chosen model) while the
+    /// journal seals the group. `attachment` is kept under the request's id until
+    /// [`Bus::detach`]; a request id that another request in flight holds is refused
+    /// ([`Error::RequestInFlight`]) and nothing is appended.
     ///
-    /// A stage that refuses the request emits `request.rejected`; the stages after it do not
-    /// run, and the refusal ends the group. Anything the caller appends afterwards
-    /// is sequenced after the group; nothing should be acknowledged outside before
-    /// [`Submitted::sequenced`] and the durability of what follows.
-    pub fn submit_request(
+    /// `durable`: a group that ends in a refusal is answered as soon as it is durable, so its
+    /// flush starts at once; a group that goes on to a model shares the flush of its outcome.
+    /// Anything the caller appends afterwards is sequenced after the group; nothing should be
+    /// acknowledged outside before [`Submitted::sequenced`] and the durability of what follows.
+    pub fn submit_group(
         &self,
-        event: NewEvent,
-        attachment: Attachment,
-        stages: &[Arc<dyn RequestStage>],
+        group: Vec<NewEvent>,
+        attachment: Option<Attachment>,
+        durable: bool,
     ) -> Result<Submitted> {
-        let mut outputs = Vec::new();
-        let mut refused = false;
-        for stage in stages {
-            let mine = stage
-                .evaluate(&event, &outputs, &attachment)
-                .map_err(|reason| Error::RequestStage {
-                    stage: stage.name().to_owned(),
-                    reason,
-                })?;
-            refused = mine.iter().any(|e| e.kind == RequestRejected::KIND);
-            outputs.extend(
-                mine.into_iter()
-                    .enumerate()
-                    .map(|(i, ev)| derive_output_of_event(stage.name(), &event, i, ev)),
-            );
-            if refused {
-                break;
+        let request_id = group.first().and_then(|e| e.request_id.clone());
+        let attached = match (attachment, request_id.as_deref()) {
+            (Some(a), Some(rid)) => {
+                let mut st = self.state.lock();
+                if st.attachments.contains_key(rid) {
+                    return Err(Error::RequestInFlight(rid.to_owned()));
+                }
+                st.attachments.insert(rid.to_owned(), a);
+                true
             }
-        }
-        let request_id = event.request_id.clone();
-        if let Some(rid) = request_id.as_deref() {
-            self.attach(rid, attachment);
-        }
-        let mut group = Vec::with_capacity(outputs.len() + 1);
-        group.push(event);
-        group.extend(outputs);
+            _ => false,
+        };
         let events = group.clone();
-        // A refusal is answered as soon as it is durable, so its flush starts at once; a group
-        // that goes on to a model shares the flush of its outcome.
-        let submitted = if refused {
+        let submitted = if durable {
             self.journal.submit_durable(group)
         } else {
             self.journal.submit_sequenced(group)
@@ -194,10 +180,10 @@ impl Bus {
                 events,
                 receipts,
                 bus: self.clone(),
-                request_id,
+                request_id: request_id.filter(|_| attached),
             }),
             Err(e) => {
-                if let Some(rid) = request_id.as_deref() {
+                if let (true, Some(rid)) = (attached, request_id.as_deref()) {
                     self.detach(rid);
                 }
                 Err(e.into())
@@ -206,7 +192,7 @@ impl Bus {
     }
 }
 
-/// A request's group, queued to the journal by [`Bus::submit_request`].
+/// A request's group, queued to the journal by [`Bus::submit_group`].
 pub struct Submitted {
     events: Vec<NewEvent>,
     receipts: oneshot::Receiver<isnad_journal::Result<Vec<Receipt>>>,

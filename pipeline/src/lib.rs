@@ -8,9 +8,10 @@
 //!   or never will succeed ([`StageError::Reject`]). When a stage gives up on an entry, the
 //!   runner journals `stage.failed` ([`isnad_schemas::StageFailed`]) and goes on with the next:
 //!   a failure is data in the log, not a log line.
-//! - [`RequestStage`]: a policy step on the request path (guardrail, router; see [`policy`]).
-//!   It runs in the request's own task, in order, and its events are appended together with the
-//!   request's as one group ([`Bus::submit_request`]).
+//! - [`RequestStage`] (in [`policy`]): a policy step on the request path (guardrail, router).
+//!   It runs in the request's own task, in order, and returns a typed decision (go on, reroute,
+//!   refuse with a [`isnad_schemas::RefusalCode`]); its events are appended together with the
+//!   request's as one group ([`Bus::submit_group`]).
 //! - [`Projection`] (in [`projection`]): `apply` folds entries into state and does nothing
 //!   else; the state and the position it was folded up to are persisted together, as one
 //!   value, so a restart resumes exactly where the state ends, and a projection whose state is
@@ -49,9 +50,10 @@ pub mod stage;
 
 pub use bus::{Bus, Pending, Submitted};
 pub use isnad_journal::Watermark;
+pub use policy::RequestStage;
 pub use projection::{Projection, ProjectionHandle};
 pub use runner::{RetryPolicy, Runner, RunnerOptions};
-pub use stage::{derive_output, derive_output_of_event, RequestStage, Stage, StageError};
+pub use stage::{derive_output, derive_output_of_event, Stage, StageError};
 
 /// In-RAM data that travels with a request: prompt messages, a completion channel, uploaded
 /// bytes. Never written to the journal or anywhere else on disk.
@@ -84,6 +86,9 @@ pub enum Error {
     /// The bus shut down while waiting.
     #[error("pipeline is shutting down")]
     Closed,
+    /// Another request in flight has this request id.
+    #[error("a request with id {0} is in flight")]
+    RequestInFlight(String),
 }
 
 /// Result alias for this crate.

@@ -1,5 +1,5 @@
-//! The two kinds of pipeline step: [`Stage`] (fed by the runner from the log) and
-//! [`RequestStage`] (run in the request's own task), and the ids their outputs get.
+//! The pipeline step fed by the runner from the log: [`Stage`], its delivery status, and the ids
+//! its outputs get (request stages, run in the request's own task, are in [`crate::policy`]).
 
 use std::{future::Future, sync::Arc};
 
@@ -75,23 +75,6 @@ pub trait Stage: Send + 'static {
         entry: Arc<Entry>,
         attachment: Option<Attachment>,
     ) -> impl Future<Output = Result<Vec<NewEvent>, StageError>> + Send;
-}
-
-/// A policy step on the request path (guardrail, router): evaluated in the request's own task
-/// before anything is journaled, in the order given to [`crate::Bus::submit_request`].
-pub trait RequestStage: Send + Sync + 'static {
-    /// Stable name; output event ids are derived from it.
-    fn name(&self) -> &str;
-
-    /// Evaluates `request` (with the events the stages before this one produced, and the
-    /// request's attachment) and returns the events to append after them. An error refuses
-    /// the request: nothing is appended.
-    fn evaluate(
-        &self,
-        request: &NewEvent,
-        earlier: &[NewEvent],
-        attachment: &Attachment,
-    ) -> Result<Vec<NewEvent>, String>;
 }
 
 /// Gives a stage's outputs stable ids (derived from stage, input seq and position) and the

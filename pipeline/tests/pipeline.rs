@@ -7,9 +7,13 @@
 use std::{sync::Arc, time::Duration};
 
 use isnad_journal::{Entry, Journal, Options};
-use isnad_pipeline::{Attachment, Bus, RequestStage, Runner, Stage, StageError};
+use isnad_pipeline::{
+    policy::{Constraint, Decision, Endpoint, Refusal, RequestContext, StageError as PolicyError},
+    Attachment, Bus, RequestStage, Runner, Stage, StageError,
+};
 use isnad_schemas::{
-    Finding, GuardrailEvaluated, NewEvent, RequestReceived, RequestRejected, RouteSelected,
+    Finding, GuardrailEvaluated, NewEvent, RefusalCode, RequestReceived, RequestRejected,
+    RouteSelected,
 };
 
 const SECRET_PROMPT: &str = "my IBAN is SA03 8000 0000 6080 1016 7519 and nobody may store it";
@@ -282,7 +286,7 @@ async fn a_restarted_stage_resumes_from_its_cursor_without_duplicates() {
     journal.shutdown().await.unwrap();
 }
 
-/// The request-path twin of [`Guard`]: reads the prompt from the attachment.
+/// The request-path twin of [`Guard`]: reads the prompt from the request's context.
 struct InlineGuard;
 impl RequestStage for InlineGuard {
     fn name(&self) -> &str {
@@ -290,34 +294,43 @@ impl RequestStage for InlineGuard {
     }
     fn evaluate(
         &self,
-        _request: &NewEvent,
+        ctx: &RequestContext,
         _earlier: &[NewEvent],
-        a: &Attachment,
-    ) -> Result<Vec<NewEvent>, String> {
-        let prompt = a.downcast_ref::<Prompt>().ok_or("no prompt attached")?;
-        if prompt.0.contains("refuse me") {
-            return Err("the guard cannot evaluate this request".into());
+    ) -> Result<Decision, PolicyError> {
+        let prompt = ctx.prompt.join(" ");
+        if prompt.contains("refuse me") {
+            return Err(PolicyError::Failed(
+                "the guard cannot evaluate this request".into(),
+            ));
         }
-        if prompt.0.contains("block me") {
-            return Ok(vec![NewEvent::new(&RequestRejected {
-                endpoint: "/v1/chat/completions".into(),
-                status: 451,
-                code: "sovereignty_violation".into(),
-                message: "blocked by the guardrail".into(),
-            })
-            .map_err(|e| e.to_string())?]);
+        if prompt.contains("block me") {
+            return Ok(Decision::Refuse {
+                events: vec![],
+                refusal: Refusal::new(
+                    RefusalCode::SovereigntyViolation,
+                    "blocked by the guardrail",
+                ),
+            });
         }
-        let sensitive = prompt.0.contains("IBAN");
-        Ok(vec![NewEvent::new(&GuardrailEvaluated {
+        let sensitive = prompt.contains("IBAN");
+        let verdict = NewEvent::new(&GuardrailEvaluated {
             action: if sensitive { "local_only" } else { "allow" }.into(),
             findings: vec![],
             policy: "default".into(),
+        })?;
+        Ok(if sensitive {
+            Decision::Reroute {
+                events: vec![verdict],
+                to: Constraint::LocalOnly,
+            }
+        } else {
+            Decision::Continue(vec![verdict])
         })
-        .map_err(|e| e.to_string())?])
     }
 }
 
-/// Routes on the verdict of the stage before it, which it gets as an earlier output.
+/// Routes on the verdict of the stage before it, which it gets as an earlier output, and on the
+/// constraint that stage's reroute left in the context.
 struct InlineRouter;
 impl RequestStage for InlineRouter {
     fn name(&self) -> &str {
@@ -325,17 +338,59 @@ impl RequestStage for InlineRouter {
     }
     fn evaluate(
         &self,
-        _request: &NewEvent,
+        ctx: &RequestContext,
         earlier: &[NewEvent],
-        _a: &Attachment,
-    ) -> Result<Vec<NewEvent>, String> {
+    ) -> Result<Decision, PolicyError> {
         let verdict = earlier
             .iter()
             .find(|e| e.kind == "guardrail.evaluated")
-            .ok_or("no guardrail verdict before the router")?;
-        let g: GuardrailEvaluated = verdict.payload_as().map_err(|e| e.to_string())?;
-        route_for(&g).map_err(|e| e.to_string())
+            .ok_or_else(|| PolicyError::Failed("no guardrail verdict before the router".into()))?;
+        let g: GuardrailEvaluated = verdict.payload_as()?;
+        assert_eq!(ctx.local_only, g.action == "local_only");
+        Ok(Decision::Continue(route_for(&g)?))
     }
+}
+
+fn context(prompt: &str) -> RequestContext {
+    RequestContext {
+        prompt: Arc::from(vec![prompt.to_owned()]),
+        endpoint: Endpoint::Chat,
+        requested_model: "auto-router".into(),
+        team: Some("team-a".into()),
+        scope: Default::default(),
+        uses_tools: None,
+        uses_dimensions: false,
+        profile: None,
+        local_only: false,
+    }
+}
+
+/// Runs `stages` on a request and submits its group, as the gateway does: the request, the
+/// stages' events, and `request.rejected` when a stage refused.
+fn submit(
+    bus: &Bus,
+    event: NewEvent,
+    prompt: &str,
+    stages: &[Arc<dyn RequestStage>],
+) -> Result<isnad_pipeline::Submitted, isnad_pipeline::Error> {
+    let out = isnad_pipeline::policy::evaluate(stages, &event, &mut context(prompt))?;
+    let refused = out.refusal.is_some();
+    let mut group = vec![event.clone()];
+    group.extend(out.events);
+    if let Some((stage, r)) = out.refusal {
+        let rejected = NewEvent::new(&RequestRejected {
+            endpoint: "/v1/chat/completions".into(),
+            status: 451,
+            code: r.code.as_str().into(),
+            message: r.message,
+        })
+        .unwrap();
+        let n = group.len() - 1;
+        group.push(isnad_pipeline::derive_output_of_event(
+            &stage, &event, n, rejected,
+        ));
+    }
+    bus.submit_group(group, Some(Arc::new(Prompt(prompt.to_owned()))), refused)
 }
 
 /// Submits a request through `stages` and returns its group as the journal stored it.
@@ -345,10 +400,7 @@ async fn publish(
     prompt: &str,
     stages: &[Arc<dyn RequestStage>],
 ) -> Result<Vec<Arc<Entry>>, isnad_pipeline::Error> {
-    let receipts = bus
-        .submit_request(event, Arc::new(Prompt(prompt.to_owned())), stages)?
-        .sequenced()
-        .await?;
+    let receipts = submit(bus, event, prompt, stages)?.sequenced().await?;
     Ok(receipts
         .iter()
         .map(|r| bus.journal().entry(r.seq).unwrap().unwrap())
@@ -491,13 +543,7 @@ async fn a_submitted_group_is_known_at_once_and_sealed_ahead_of_what_follows() {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open_dir(dir.path(), opts()).unwrap();
     let bus = Bus::new(journal.clone());
-    let submitted = bus
-        .submit_request(
-            request("req-s"),
-            Arc::new(Prompt("hello".into())),
-            &inline_stages(),
-        )
-        .unwrap();
+    let submitted = submit(&bus, request("req-s"), "hello", &inline_stages()).unwrap();
     // The decisions are there before the journal has sealed anything.
     let events = submitted.events().to_vec();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();

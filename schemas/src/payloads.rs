@@ -322,6 +322,23 @@ payloads! {
         attempts: u32,
     }
 
+    /// Requests from one source refused before admission (a missing or unknown API key, load
+    /// shed at the concurrency limit), counted over an interval instead of journaled one by
+    /// one: an anonymous client must not be able to make the journal flush per request.
+    RequestsRefused = ("requests.refused", 1) {
+        /// The error code the requests got (`invalid_api_key`, `server_overloaded`).
+        code: String,
+        /// The client address, `other` for sources past the per-interval bound, `unknown` where
+        /// the server does not know it.
+        source: String,
+        /// How many.
+        count: u64,
+        /// Start of the interval, Unix microseconds.
+        window_start_us: i64,
+        /// End of the interval, Unix microseconds.
+        window_end_us: i64,
+    }
+
     /// An in-process model was verified against its manifest and loaded.
     ModelLoaded = ("model.loaded", 1) {
         /// Model id.

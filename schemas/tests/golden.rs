@@ -137,6 +137,13 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, serde_json::Value)> {
             reason: "subscriber unreachable".into(),
             attempts: 5,
         }),
+        s(RequestsRefused {
+            code: "invalid_api_key".into(),
+            source: "192.0.2.7".into(),
+            count: 20_000,
+            window_start_us: 1_790_000_000_000_000,
+            window_end_us: 1_790_000_010_000_000,
+        }),
         s(ModelLoaded {
             model: "smollm2-135m-instruct".into(),
             kind: "chat".into(),

@@ -568,7 +568,10 @@ fn stream_response(
             return None;
         }
         let (frame, last) = match rx.recv().await {
-            Some(Item::Chunk(data)) => (format!("data: {data}\n\n"), false),
+            Some(Item::Chunk(chunk)) => match serde_json::to_string(&chunk) {
+                Ok(data) => (format!("data: {data}\n\n"), false),
+                Err(e) => (internal(e).sse_frame(), true),
+            },
             Some(Item::Failed {
                 status,
                 code,

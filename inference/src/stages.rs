@@ -26,7 +26,6 @@ use tokio::sync::mpsc;
 
 use crate::{
     registry::{Model, Registry, Residency},
-    upstream::SseParser,
     Error,
 };
 
@@ -44,8 +43,8 @@ pub enum Item {
     },
     /// A complete non-streaming answer.
     Json(Value),
-    /// One SSE `data:` payload, passed through as received.
-    Chunk(String),
+    /// One chunk of a streamed answer (the API encodes it as an SSE event).
+    Chunk(isnad_schemas::openai::ChatCompletionChunk),
     /// The request failed; nothing (more) will come from the model.
     Failed {
         /// HTTP status for the client.
@@ -370,24 +369,23 @@ async fn stream_one(
     req: &InferenceRequest,
     model_id: &str,
 ) -> Result<Done, Attempt> {
-    let mut upstream = up.stream(path, body).await.map_err(Attempt::Retryable)?;
-    let mut parser = SseParser::default();
+    let mut chunks_in = up.stream(path, body).await.map_err(Attempt::Retryable)?;
     let mut hasher = Sha256::new();
     let mut done = Done {
         finish_reason: "stop".into(),
         ..Done::default()
     };
     let mut chunks = 0u64;
-    let mut saw_done = false;
     let finalise = |mut d: Done, h: Sha256| {
         d.hash = format!("sha256:{}", hex::encode(h.finalize()));
         d
     };
-    while let Some(bytes) = upstream.next().await {
-        let bytes = match bytes {
-            Ok(b) => b,
+    while let Some(chunk) = chunks_in.next().await {
+        let mut chunk = match chunk {
+            Ok(c) => c,
             Err(e) => {
-                // Mid-stream failure: tell the client with an SSE error, journal what was sent.
+                // Nothing reached the client yet: another model may answer. Otherwise the client
+                // gets an SSE error, and what was sent is journaled.
                 if chunks == 0 {
                     return Err(Attempt::Retryable(e));
                 }
@@ -398,60 +396,39 @@ async fn stream_one(
                 });
             }
         };
-        for data in parser.push(&bytes) {
-            if data == "[DONE]" {
-                saw_done = true;
-                continue;
-            }
-            let Ok(mut v) = serde_json::from_str::<Value>(&data) else {
-                continue;
-            };
-            if done.ttft_us.is_none() {
-                done.ttft_us = Some(req.started.elapsed().as_micros() as u64);
-            }
-            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+        if done.ttft_us.is_none() {
+            done.ttft_us = Some(req.started.elapsed().as_micros() as u64);
+        }
+        if let Some(choice) = chunk.choices.first() {
+            if let Some(c) = &choice.delta.content {
                 hasher.update(c.as_bytes());
                 done.completion_tokens += 1;
             }
-            if let Some(args) =
-                v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
-            {
-                hasher.update(args.as_bytes());
+            for call in choice.delta.tool_calls.iter().flatten() {
+                if let Some(args) = call["function"]["arguments"].as_str() {
+                    hasher.update(args.as_bytes());
+                }
             }
-            if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
-                done.finish_reason = f.to_owned();
-            }
-            if v["usage"].is_object() {
-                let (p, c) = usage(&v);
-                done.prompt_tokens = p;
-                done.completion_tokens = c;
-            }
-            let usage_only =
-                v["usage"].is_object() && v["choices"].as_array().is_some_and(|c| c.is_empty());
-            if usage_only && !req.forward_usage {
-                continue;
-            }
-            v["model"] = Value::String(model_id.to_owned());
-            chunks += 1;
-            if req.tx.send(Item::Chunk(v.to_string())).await.is_err() {
-                return Err(Attempt::Final {
-                    finish_reason: "client_disconnected".into(),
-                    error: None,
-                    partial: finalise(done, hasher),
-                });
+            if let Some(f) = &choice.finish_reason {
+                done.finish_reason = f.clone();
             }
         }
-    }
-    if !saw_done {
-        let e = Error::Stream("upstream closed the stream before [DONE]".into());
-        if chunks == 0 {
-            return Err(Attempt::Retryable(e));
+        if let Some(u) = &chunk.usage {
+            done.prompt_tokens = u.prompt_tokens;
+            done.completion_tokens = u.completion_tokens;
         }
-        return Err(Attempt::Final {
-            finish_reason: "error".into(),
-            error: Some(e),
-            partial: finalise(done, hasher),
-        });
+        if chunk.is_usage_only() && !req.forward_usage {
+            continue;
+        }
+        chunk.model = model_id.to_owned();
+        chunks += 1;
+        if req.tx.send(Item::Chunk(chunk)).await.is_err() {
+            return Err(Attempt::Final {
+                finish_reason: "client_disconnected".into(),
+                error: None,
+                partial: finalise(done, hasher),
+            });
+        }
     }
     Ok(finalise(done, hasher))
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
+use isnad_schemas::openai::ChatCompletionChunk;
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
@@ -132,14 +133,15 @@ impl Upstream {
         })
     }
 
-    /// POSTs and returns the body as it arrives, chunk by chunk.
+    /// POSTs a streaming request and returns the answer as typed chunks, parsed from its SSE
+    /// events as they arrive (see [`sse_chunks`]).
     pub async fn stream(
         &self,
         path: &str,
         body: &Value,
-    ) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
+    ) -> Result<impl Stream<Item = Result<ChatCompletionChunk>> + Send + 'static> {
         let resp = self.send(path, body).await?;
-        Ok(resp.bytes_stream().map(|r| {
+        Ok(sse_chunks(resp.bytes_stream().map(|r| {
             r.map_err(|e| {
                 if e.is_timeout() {
                     Error::Timeout
@@ -147,7 +149,7 @@ impl Upstream {
                     Error::Stream(e.to_string())
                 }
             })
-        }))
+        })))
     }
 
     /// `GET models` of the upstream (health probes, discovery).
@@ -169,6 +171,56 @@ impl Upstream {
         }
         resp.json().await.map_err(|e| Error::Stream(e.to_string()))
     }
+}
+
+/// The chunks of an OpenAI-compatible SSE answer: one per `data:` event, in order, ending at
+/// `[DONE]`. A stream that ends without `[DONE]` ends with [`Error::Stream`] (the upstream went
+/// away mid-answer); an event that is not a chunk is skipped with a warning.
+pub fn sse_chunks(
+    bytes: impl Stream<Item = Result<Bytes>> + Send + 'static,
+) -> impl Stream<Item = Result<ChatCompletionChunk>> + Send + 'static {
+    struct St<S> {
+        bytes: std::pin::Pin<Box<S>>,
+        parser: SseParser,
+        pending: std::collections::VecDeque<String>,
+        done: bool,
+    }
+    let st = St {
+        bytes: Box::pin(bytes),
+        parser: SseParser::default(),
+        pending: Default::default(),
+        done: false,
+    };
+    futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            while let Some(data) = st.pending.pop_front() {
+                if data == "[DONE]" {
+                    return None;
+                }
+                match serde_json::from_str::<ChatCompletionChunk>(&data) {
+                    Ok(c) => return Some((Ok(c), st)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipped an upstream event that is not a chat chunk")
+                    }
+                }
+            }
+            match st.bytes.next().await {
+                Some(Ok(b)) => st.pending.extend(st.parser.push(&b)),
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                None => {
+                    st.done = true;
+                    let e = Error::Stream("upstream closed the stream before [DONE]".into());
+                    return Some((Err(e), st));
+                }
+            }
+        }
+    })
 }
 
 /// Splits a Server-Sent Events byte stream into the `data:` payloads of complete events.
@@ -221,6 +273,35 @@ mod tests {
         assert_eq!(p.push(b":1}\n\ndata: [DONE]\n"), vec!["{\"a\":1}"]);
         assert_eq!(p.push(b"\n"), vec!["[DONE]"]);
         assert_eq!(p.push(b": comment\n\ndata: x\r\n\r\n"), vec!["x"]);
+    }
+
+    async fn chunks_of(parts: &[&'static str]) -> Vec<Result<ChatCompletionChunk>> {
+        let bytes = futures_util::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p.as_bytes())))
+                .collect::<Vec<_>>(),
+        );
+        sse_chunks(bytes).collect::<Vec<_>>().await
+    }
+
+    #[tokio::test]
+    async fn sse_answers_become_typed_chunks_and_a_cut_one_ends_in_an_error() {
+        let out = chunks_of(&[
+            "data: {\"id\":\"a\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"He",
+            "llo\"},\"finish_reason\":null}],\"x_vendor\":1}\n\n",
+            "data: not json\n\n",
+            "data: {\"id\":\"a\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+            "data: [DONE]\n\ndata: {\"id\":\"after\"}\n\n",
+        ])
+        .await;
+        assert_eq!(out.len(), 2, "the bad event skipped, nothing after [DONE]");
+        let first = out[0].as_ref().unwrap();
+        assert_eq!(first.choices[0].delta.content.as_deref(), Some("Hello"));
+        assert_eq!(first.extra["x_vendor"], 1, "unknown fields are kept");
+        assert!(out[1].as_ref().unwrap().is_usage_only());
+        let cut = chunks_of(&["data: {\"id\":\"a\",\"choices\":[]}\n\n"]).await;
+        assert!(matches!(cut.last(), Some(Err(Error::Stream(_)))), "{cut:?}");
     }
 
     #[tokio::test]

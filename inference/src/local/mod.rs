@@ -14,8 +14,8 @@ use std::{
 };
 
 use base64::Engine as _;
-use bytes::Bytes;
 use futures_util::Stream;
+use isnad_schemas::openai::{ChatCompletionChunk, ChunkChoice, Delta as ChunkDelta, Role, Usage};
 use serde_json::{json, Value};
 
 use crate::{registry::ModelKind, Error, Result};
@@ -52,8 +52,10 @@ pub struct LoadReport {
     pub load_ms: u64,
 }
 
-/// A byte stream of SSE events, as an upstream would send.
-pub type SseStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send + 'static>>;
+/// A chat model's streamed answer: typed chunks, in order, the stream's end being the answer's
+/// end (an upstream's SSE is parsed by its provider; a local engine builds the chunks itself).
+/// The API encodes them as SSE once, for the client.
+pub type SseStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk>> + Send + 'static>>;
 
 impl LocalModel {
     /// Verifies `models_dir/name` against its manifest and starts its engine.
@@ -109,7 +111,7 @@ impl LocalModel {
         }
     }
 
-    /// Answers a streaming request as SSE bytes.
+    /// Answers a streaming request as typed chunks.
     pub async fn stream(&self, path: &str, body: &Value) -> Result<SseStream> {
         match (self, path) {
             (Self::Chat(c), "chat/completions") => chat_stream(c, body),
@@ -256,27 +258,33 @@ async fn chat_json(c: &ChatEngine, body: &Value) -> Result<Value> {
     }))
 }
 
-fn sse(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
-}
-
 fn chat_stream(c: &ChatEngine, body: &Value) -> Result<SseStream> {
     let (prompt, params, include_usage) = chat_request(c, body)?;
     let rx = c.generate(prompt, params)?;
-    let id = completion_id();
-    let created = now_secs();
-    let model = c.info().name.clone();
-    let chunk = move |delta: Value, finish: Option<&str>| {
-        json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        })
+    let head = ChatCompletionChunk {
+        id: completion_id(),
+        object: "chat.completion.chunk".into(),
+        created: now_secs(),
+        model: c.info().name.clone(),
+        choices: vec![],
+        usage: None,
+        extra: Default::default(),
+    };
+    let chunk = move |delta: ChunkDelta, finish: Option<&str>| ChatCompletionChunk {
+        choices: vec![ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason: finish.map(str::to_owned),
+            logprobs: None,
+            extra: Default::default(),
+        }],
+        ..head.clone()
     };
     struct State<F> {
         rx: tokio::sync::mpsc::UnboundedReceiver<Delta>,
         chunk: F,
         started: bool,
-        pending: std::collections::VecDeque<Result<Bytes>>,
+        pending: std::collections::VecDeque<Result<ChatCompletionChunk>>,
         done: bool,
         include_usage: bool,
     }
@@ -288,7 +296,11 @@ fn chat_stream(c: &ChatEngine, body: &Value) -> Result<SseStream> {
         done: false,
         include_usage,
     };
-    let stream = futures_util::stream::unfold(state, |mut s| async move {
+    let text = |t: Option<String>| ChunkDelta {
+        content: t,
+        ..ChunkDelta::default()
+    };
+    let stream = futures_util::stream::unfold(state, move |mut s| async move {
         loop {
             if let Some(item) = s.pending.pop_front() {
                 return Some((item, s));
@@ -298,32 +310,34 @@ fn chat_stream(c: &ChatEngine, body: &Value) -> Result<SseStream> {
             }
             if !s.started {
                 s.started = true;
-                s.pending.push_back(Ok(sse(&(s.chunk)(
-                    json!({"role": "assistant", "content": ""}),
-                    None,
-                ))));
+                let first = ChunkDelta {
+                    role: Some(Role::Assistant),
+                    ..text(Some(String::new()))
+                };
+                s.pending.push_back(Ok((s.chunk)(first, None)));
                 continue;
             }
             match s.rx.recv().await {
                 Some(Delta::Text(t)) => {
-                    s.pending
-                        .push_back(Ok(sse(&(s.chunk)(json!({"content": t}), None))));
+                    s.pending.push_back(Ok((s.chunk)(text(Some(t)), None)));
                 }
                 Some(Delta::Finish {
                     reason,
                     prompt_tokens,
                     completion_tokens,
                 }) => {
-                    s.pending
-                        .push_back(Ok(sse(&(s.chunk)(json!({}), Some(reason)))));
+                    s.pending.push_back(Ok((s.chunk)(text(None), Some(reason))));
                     if s.include_usage {
-                        let mut u = (s.chunk)(json!({}), None);
-                        u["choices"] = json!([]);
-                        u["usage"] = usage_json(prompt_tokens, completion_tokens);
-                        s.pending.push_back(Ok(sse(&u)));
+                        let mut u = (s.chunk)(text(None), None);
+                        u.choices.clear();
+                        u.usage = Some(Usage {
+                            prompt_tokens: prompt_tokens as u64,
+                            completion_tokens: completion_tokens as u64,
+                            total_tokens: (prompt_tokens + completion_tokens) as u64,
+                            extra: Default::default(),
+                        });
+                        s.pending.push_back(Ok(u));
                     }
-                    s.pending
-                        .push_back(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
                     s.done = true;
                 }
                 Some(Delta::Error(e)) => {

@@ -234,6 +234,40 @@ impl From<isnad_journal::Error> for ApiError {
     }
 }
 
+impl From<&isnad_inference::Error> for ApiError {
+    /// What the client is told when the model that was tried failed.
+    fn from(e: &isnad_inference::Error) -> Self {
+        use isnad_inference::Error as I;
+        let upstream = |status: u16, code: &'static str| Self::Upstream {
+            status,
+            code,
+            message: e.to_string(),
+        };
+        match e {
+            I::Timeout => upstream(504, "upstream_timeout"),
+            I::Connect(_) => upstream(503, "upstream_unavailable"),
+            I::Status { status: 429, .. } => upstream(429, "upstream_rate_limited"),
+            I::Status { .. } | I::Stream(_) => upstream(502, "upstream_error"),
+            I::Egress(_) => upstream(502, "egress_refused"),
+            // A local model's own checks and capacity: refusals, not upstream failures.
+            I::BadRequest(m) => Self::refuse(RefusalCode::InvalidRequest, m.clone()),
+            I::Overloaded(m) => Self::refuse(RefusalCode::ModelOverloaded, m.clone()),
+            I::Stopped(_) => upstream(503, "model_unavailable"),
+            I::Journal(_) => Self::Unavailable,
+            I::Invalid(_) | I::Config(_) | I::ModelFiles(_) | I::Runtime(_) | I::Internal(_) => {
+                Self::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+/// The status and code a failure of the inference stage is answered with, for the
+/// `request.rejected` it journals: the same mapping as the answer.
+pub fn classify(e: &isnad_inference::Error) -> (u16, &'static str) {
+    let err = ApiError::from(e);
+    (err.status().as_u16(), err.code())
+}
+
 impl From<isnad_pipeline::Error> for ApiError {
     fn from(e: isnad_pipeline::Error) -> Self {
         match e {

@@ -456,6 +456,7 @@ impl Call {
                 local_only: ctx.local_only,
                 ..ctx.scope
             },
+            classify: crate::error::classify,
         });
         let mut group = vec![received];
         group.extend(evaluated.events);
@@ -514,17 +515,8 @@ impl Call {
         }
         let answer = match rx.recv().await {
             Some(Item::Json(v)) => v,
-            Some(Item::Failed {
-                status,
-                code,
-                message,
-            }) => {
-                let err = ApiError::Upstream {
-                    status,
-                    code,
-                    message,
-                };
-                return self.finish_failure(&mut rx, err).await;
+            Some(Item::Failed(e)) => {
+                return self.finish_failure(&mut rx, ApiError::from(&e)).await;
             }
             other => return self.unexpected(other),
         };
@@ -572,22 +564,13 @@ fn stream_response(
                 Ok(data) => (format!("data: {data}\n\n"), false),
                 Err(e) => (internal(e).sse_frame(), true),
             },
-            Some(Item::Failed {
-                status,
-                code,
-                message,
-            }) => {
+            Some(Item::Failed(e)) => {
                 // Mid-stream failure: an SSE error object, never a silent close. Wait for the
                 // outcome event to be durable first.
                 if let Some(Item::Done { seq }) = rx.recv().await {
                     let _ = journal.wait_durable(seq).await;
                 }
-                let err = ApiError::Upstream {
-                    status,
-                    code,
-                    message,
-                };
-                (err.sse_frame(), true)
+                (ApiError::from(&e).sse_frame(), true)
             }
             Some(Item::Done { seq }) => match journal.wait_durable(seq).await {
                 Ok(_) => ("data: [DONE]\n\n".to_owned(), true),

@@ -38,10 +38,10 @@ impl EgressPolicy {
 fn origin(url: &Url) -> Result<(String, String, u16)> {
     let host = url
         .host_str()
-        .ok_or_else(|| Error::Invalid(format!("{url} has no host")))?;
+        .ok_or_else(|| Error::Config(format!("{url} has no host")))?;
     let port = url
         .port_or_known_default()
-        .ok_or_else(|| Error::Invalid(format!("{url} has no port")))?;
+        .ok_or_else(|| Error::Config(format!("{url} has no port")))?;
     Ok((url.scheme().to_owned(), host.to_ascii_lowercase(), port))
 }
 

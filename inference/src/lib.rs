@@ -39,9 +39,27 @@ pub enum Error {
     /// The stream broke after it started.
     #[error("upstream stream failed: {0}")]
     Stream(String),
-    /// Bad configuration, or a local model failed.
+    /// Bad configuration; the message names the key path.
     #[error("{0}")]
     Invalid(String),
+    /// Bad configuration; the message names the key path.
+    #[error("{0}")]
+    Config(String),
+    /// A local model's files are missing, damaged, or not what its manifest says.
+    #[error("{0}")]
+    ModelFiles(String),
+    /// ONNX Runtime failed to load or run a model.
+    #[error("{0}")]
+    Runtime(String),
+    /// A local model's worker could not start or has stopped.
+    #[error("{0}")]
+    Stopped(String),
+    /// A bug: something that should not happen did.
+    #[error("{0}")]
+    Internal(String),
+    /// The journal could not record the outcome.
+    #[error("the activity journal is unavailable: {0}")]
+    Journal(String),
     /// The client's request cannot be served as sent (a local model's validation).
     #[error("{0}")]
     BadRequest(String),

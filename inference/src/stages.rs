@@ -45,15 +45,9 @@ pub enum Item {
     Json(Value),
     /// One chunk of a streamed answer (the API encodes it as an SSE event).
     Chunk(isnad_schemas::openai::ChatCompletionChunk),
-    /// The request failed; nothing (more) will come from the model.
-    Failed {
-        /// HTTP status for the client.
-        status: u16,
-        /// Error code.
-        code: &'static str,
-        /// Message.
-        message: String,
-    },
+    /// The request failed; nothing (more) will come from the model. The API decides what the
+    /// client is told.
+    Failed(Error),
     /// Everything is journaled; the handler waits for `seq` to be durable, then finishes.
     Done {
         /// Seq of the request's last event.
@@ -81,6 +75,9 @@ pub struct InferenceRequest {
     pub started: Instant,
     /// What the client's credentials allow.
     pub scope: Scope,
+    /// The HTTP status and code a failure is answered with (the API's one mapping), for the
+    /// `request.rejected` that journals it.
+    pub classify: fn(&Error) -> (u16, &'static str),
 }
 
 fn request_of(a: Option<&Attachment>) -> Option<&InferenceRequest> {
@@ -116,18 +113,6 @@ pub fn dispatch(
 /// Outcome events get ids derived from the route event, so they are unique and stable.
 fn outcome(input: &NewEvent, n: usize, ev: NewEvent) -> NewEvent {
     isnad_pipeline::derive_output_of_event("inference", input, n, ev)
-}
-
-fn upstream_failure(e: &Error) -> (u16, &'static str) {
-    match e {
-        Error::Timeout => (504, "upstream_timeout"),
-        Error::Connect(_) => (503, "upstream_unavailable"),
-        Error::Status { status: 429, .. } => (429, "upstream_rate_limited"),
-        Error::Egress(_) => (502, "egress_refused"),
-        Error::BadRequest(_) => (400, "invalid_request"),
-        Error::Overloaded(_) => (503, "model_overloaded"),
-        _ => (502, "upstream_error"),
-    }
 }
 
 async fn serve(
@@ -208,17 +193,8 @@ async fn serve(
                 partial,
             }) => {
                 // Some of the answer already reached the client: no fallback can take it back.
-                let (status, code) = error
-                    .as_ref()
-                    .map_or((499, "client_disconnected"), upstream_failure);
-                if let Some(e) = &error {
-                    let _ = tx
-                        .send(Item::Failed {
-                            status,
-                            code,
-                            message: e.to_string(),
-                        })
-                        .await;
+                if let Some(e) = error {
+                    let _ = tx.send(Item::Failed(e)).await;
                 }
                 let ev = CompletionFinished {
                     model: model.config.id.clone(),
@@ -239,21 +215,15 @@ async fn serve(
             }
         }
     }
-    let e = last_error.unwrap_or(Error::Invalid("no model to try".into()));
-    let (status, code) = upstream_failure(&e);
-    let _ = tx
-        .send(Item::Failed {
-            status,
-            code,
-            message: format!("all models failed; last error: {e}"),
-        })
-        .await;
+    let e = last_error.unwrap_or(Error::Internal("no model to try".into()));
+    let (status, code) = (req.classify)(&e);
     let rejected = RequestRejected {
         endpoint: req.endpoint.path().into(),
         status,
         code: code.into(),
         message: e.to_string(),
     };
+    let _ = tx.send(Item::Failed(e)).await;
     finish(
         &journal,
         tx,
@@ -275,13 +245,7 @@ async fn finish(journal: &Journal, tx: &mpsc::Sender<Item>, ev: isnad_schemas::R
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot journal the outcome of a request");
-            let _ = tx
-                .send(Item::Failed {
-                    status: 503,
-                    code: "journal_unavailable",
-                    message: "the activity journal is unavailable".into(),
-                })
-                .await;
+            let _ = tx.send(Item::Failed(Error::Journal(e))).await;
         }
     }
 }

@@ -49,7 +49,7 @@ impl Upstream {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("isnad/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::Invalid(format!("providers.{name}: {e}")))?;
+            .map_err(|e| Error::Config(format!("providers.{name}: {e}")))?;
         Ok(Self {
             name: name.to_owned(),
             base,
@@ -69,7 +69,7 @@ impl Upstream {
         let url = self
             .base
             .join(path.trim_start_matches('/'))
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+            .map_err(|e| Error::Config(e.to_string()))?;
         self.egress.check(&url)?;
         Ok(url)
     }

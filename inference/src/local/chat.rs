@@ -169,7 +169,7 @@ fn cfg_usize(c: &serde_json::Value, key: &str, name: &str) -> Result<usize> {
     c[key]
         .as_u64()
         .map(|v| v as usize)
-        .ok_or_else(|| Error::Invalid(format!("model {name}: manifest config lacks `{key}`")))
+        .ok_or_else(|| Error::ModelFiles(format!("model {name}: manifest config lacks `{key}`")))
 }
 
 impl ChatEngine {
@@ -192,13 +192,13 @@ impl ChatEngine {
             })
             .unwrap_or_default();
         let template_src = c["chat_template"].as_str().ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::ModelFiles(format!(
                 "model {name}: manifest config lacks `chat_template`"
             ))
         })?;
         let mut env = minijinja::Environment::new();
         env.add_template_owned("chat", template_src.to_owned())
-            .map_err(|e| Error::Invalid(format!("model {name}: chat template: {e}")))?;
+            .map_err(|e| Error::ModelFiles(format!("model {name}: chat template: {e}")))?;
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {
@@ -210,7 +210,7 @@ impl ChatEngine {
         );
         let path = model.file("tokenizer.json")?;
         let tokenizer = Tokenizer::from_file(&path)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::ModelFiles(format!("{}: {e}", path.display())))?;
         let token_text = |key: &str| {
             c[key]
                 .as_u64()
@@ -244,7 +244,7 @@ impl ChatEngine {
         std::thread::Builder::new()
             .name(format!("chat-{}", info.name))
             .spawn(move || worker.run(rx))
-            .map_err(|e| Error::Invalid(format!("cannot start the chat worker: {e}")))?;
+            .map_err(|e| Error::Stopped(format!("cannot start the chat worker: {e}")))?;
         Ok(Self {
             tx,
             peak_batch,
@@ -271,7 +271,7 @@ impl ChatEngine {
         let tmpl = self
             .template
             .get_template("chat")
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+            .map_err(|e| Error::Runtime(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => true,
@@ -319,7 +319,7 @@ impl ChatEngine {
                     self.info.name
                 )),
                 mpsc::TrySendError::Disconnected(_) => {
-                    Error::Invalid(format!("chat model {} stopped", self.info.name))
+                    Error::Stopped(format!("chat model {} stopped", self.info.name))
                 }
             });
         }
@@ -375,7 +375,7 @@ struct Worker {
 type Named<'a> = Vec<(String, SessionInputValue<'a>)>;
 
 fn ort_err(name: &str) -> impl Fn(ort::Error) -> Error + '_ {
-    move |e| Error::Invalid(format!("chat model {name}: {e}"))
+    move |e| Error::Runtime(format!("chat model {name}: {e}"))
 }
 
 impl Worker {
@@ -475,7 +475,7 @@ impl Worker {
         let logits = {
             let (shape, data) = out["logits"].try_extract_tensor::<f32>().map_err(&err)?;
             if shape.len() != 2 || shape[0] as usize != rows {
-                return Err(Error::Invalid(format!(
+                return Err(Error::ModelFiles(format!(
                     "chat model {name}: logits have shape {shape:?}, expected [{rows}, vocab]"
                 )));
             }
@@ -485,7 +485,7 @@ impl Worker {
         for l in 0..self.info.num_layers {
             for part in ["key", "value"] {
                 let v = out.remove(format!("present.{l}.{part}")).ok_or_else(|| {
-                    Error::Invalid(format!("chat model {name}: no output present.{l}.{part}"))
+                    Error::ModelFiles(format!("chat model {name}: no output present.{l}.{part}"))
                 })?;
                 present.push(v);
             }

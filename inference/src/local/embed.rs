@@ -93,7 +93,7 @@ struct Worker {
 
 fn load_tokenizer(model: &VerifiedModel) -> Result<Tokenizer> {
     let path = model.file("tokenizer.json")?;
-    Tokenizer::from_file(&path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    Tokenizer::from_file(&path).map_err(|e| Error::ModelFiles(format!("{}: {e}", path.display())))
 }
 
 impl EmbeddingEngine {
@@ -104,7 +104,7 @@ impl EmbeddingEngine {
         let dimensions = c["dimensions"].as_u64().unwrap_or(0) as usize;
         let max_tokens = c["max_tokens"].as_u64().unwrap_or(256) as usize;
         if dimensions == 0 {
-            return Err(Error::Invalid(format!(
+            return Err(Error::ModelFiles(format!(
                 "model {name}: manifest config lacks `dimensions`"
             )));
         }
@@ -116,7 +116,7 @@ impl EmbeddingEngine {
                 stride: 0,
                 direction: TruncationDirection::Right,
             }))
-            .map_err(|e| Error::Invalid(format!("model {name}: {e}")))?;
+            .map_err(|e| Error::Runtime(format!("model {name}: {e}")))?;
         tokenizer.with_padding(None);
         let tokenizer = std::sync::Arc::new(tokenizer);
         let (session, device) = runtime::session(cfg, &model.file("model.onnx")?)?;
@@ -127,7 +127,7 @@ impl EmbeddingEngine {
             .collect();
         for required in ["input_ids", "attention_mask"] {
             if !input_names.iter().any(|n| n == required) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::ModelFiles(format!(
                     "model {name}: the ONNX graph has no `{required}` input"
                 )));
             }
@@ -155,7 +155,7 @@ impl EmbeddingEngine {
         std::thread::Builder::new()
             .name(format!("embed-{}", info.name))
             .spawn(move || worker.run(rx))
-            .map_err(|e| Error::Invalid(format!("cannot start the embedding worker: {e}")))?;
+            .map_err(|e| Error::Stopped(format!("cannot start the embedding worker: {e}")))?;
         Ok(Self {
             tx,
             tokenizer,
@@ -193,11 +193,11 @@ impl EmbeddingEngine {
                     self.info.name
                 )),
                 mpsc::TrySendError::Disconnected(_) => {
-                    Error::Invalid(format!("embedding model {} stopped", self.info.name))
+                    Error::Stopped(format!("embedding model {} stopped", self.info.name))
                 }
             })?;
         rx.await
-            .map_err(|_| Error::Invalid(format!("embedding model {} stopped", self.info.name)))?
+            .map_err(|_| Error::Stopped(format!("embedding model {} stopped", self.info.name)))?
     }
 }
 
@@ -260,7 +260,7 @@ impl Worker {
                 }
                 Err(e) => {
                     for p in chunk {
-                        failed[p.job].get_or_insert_with(|| Error::Invalid(e.to_string()));
+                        failed[p.job].get_or_insert_with(|| Error::Runtime(e.to_string()));
                     }
                 }
             }
@@ -358,7 +358,7 @@ impl Worker {
         }
         let shape = vec![b as i64, s as i64];
         let err =
-            |e: ort::Error| Error::Invalid(format!("embedding model {}: {e}", self.info.name));
+            |e: ort::Error| Error::Runtime(format!("embedding model {}: {e}", self.info.name));
         let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
         for name in &self.input_names {
             let data = match name.as_str() {
@@ -366,7 +366,7 @@ impl Worker {
                 "attention_mask" => mask.clone(),
                 "token_type_ids" => vec![0i64; b * s],
                 other => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::ModelFiles(format!(
                         "embedding model {}: unexpected input `{other}`",
                         self.info.name
                     )))
@@ -408,7 +408,7 @@ impl Worker {
                 }
             }
             other => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::ModelFiles(format!(
                     "embedding model {}: output shape {other:?} is neither [batch, seq, {h}] nor [batch, {h}]",
                     self.info.name
                 )))

@@ -47,7 +47,7 @@ impl VerifiedModel {
     /// Path of one of the model's files.
     pub fn file(&self, name: &str) -> Result<PathBuf> {
         if !self.manifest.files.contains_key(name) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::ModelFiles(format!(
                 "model {}: manifest does not list {name}",
                 self.manifest.name
             )));
@@ -84,13 +84,13 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join("manifest.json");
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::Invalid(format!(
+        Error::ModelFiles(format!(
             "{}: {e}; run `{SETUP_COMMAND}` to install the local models",
             path.display()
         ))
     })?;
     serde_json::from_str(&text)
-        .map_err(|e| Error::Invalid(format!("{}: not a model manifest: {e}", path.display())))
+        .map_err(|e| Error::ModelFiles(format!("{}: not a model manifest: {e}", path.display())))
 }
 
 /// One file's check.
@@ -129,7 +129,7 @@ pub fn check_files(dir: &Path, manifest: &Manifest) -> Vec<FileCheck> {
 pub fn verify(dir: &Path) -> Result<VerifiedModel> {
     let manifest = read_manifest(dir)?;
     if manifest.files.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::ModelFiles(format!(
             "{}: manifest lists no files",
             dir.display()
         )));
@@ -139,7 +139,7 @@ pub fn verify(dir: &Path) -> Result<VerifiedModel> {
             continue;
         }
         let path = dir.join(&c.file);
-        return Err(Error::Invalid(match c.actual {
+        return Err(Error::ModelFiles(match c.actual {
             None => format!(
                 "model {}: {} is missing; run `{SETUP_COMMAND}`",
                 manifest.name,

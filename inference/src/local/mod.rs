@@ -75,7 +75,7 @@ impl LocalModel {
                 (Self::Embedding(e), d)
             }
             other => {
-                return Err(Error::Invalid(format!(
+                return Err(Error::ModelFiles(format!(
                     "model {name}: unknown kind \"{other}\" in its manifest"
                 )))
             }

@@ -130,13 +130,13 @@ pub fn environment(cfg: &LocalConfig) -> Result<&'static Environment> {
             .inspect(|env| env.set_log_level(ort::logging::LogLevel::Warning))
             .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
     });
-    env.as_ref().map_err(|e| Error::Invalid(e.clone()))
+    env.as_ref().map_err(|e| Error::Runtime(e.clone()))
 }
 
 /// Opens a session on `model` with the configured device and threads.
 pub fn session(cfg: &LocalConfig, model: &Path) -> Result<(Session, Device)> {
     let env = environment(cfg)?;
-    let err = |e: ort::Error| Error::Invalid(format!("{}: {e}", model.display()));
+    let err = |e: ort::Error| Error::Runtime(format!("{}: {e}", model.display()));
     let mut builder = Session::builder(env)
         .map_err(err)?
         .with_optimization_level(GraphOptimizationLevel::All)

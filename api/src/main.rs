@@ -1,6 +1,10 @@
 //! `isnad`: the sovereign AI gateway and its operator and auditor tools.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
 use isnad_api::{config::Config, journal_cli};
@@ -40,6 +44,11 @@ enum Command {
         #[arg(long, env = "ISNAD_ADMIN_KEY", hide_env_values = true)]
         admin_key: Option<String>,
     },
+    /// Check a configuration without serving it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Audit the activity journal offline.
     Journal {
         #[command(subcommand)]
@@ -53,6 +62,22 @@ enum Command {
         models_dir: Option<PathBuf>,
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Runs every check `serve` makes of the configuration, without loading a model or opening
+    /// the data directory, and prints what would be served (exit 1 when it is refused).
+    Check {
+        /// The file (default: `--config` / `ISNAD_CONFIG`, else the built-in defaults).
+        file: Option<PathBuf>,
+        /// Address `serve` would listen on (overrides the configuration).
+        #[arg(long, env = "ISNAD_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -158,10 +183,49 @@ fn init_tracing(default: &str) {
         .init();
 }
 
+/// `isnad config check`: the summary on standard output, or the error on standard error (and
+/// as JSON on standard output with `--json`); exit 1 when the configuration is refused.
+fn config_check(
+    file: Option<&Path>,
+    listen: Option<SocketAddr>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let checked = Config::read(file).and_then(|mut config| {
+        if let Some(listen) = listen {
+            config.server.listen = listen;
+        }
+        // As `serve` would take it, so that a key with the admin token's hash is found.
+        if let Some(token) = std::env::var("ISNAD_ADMIN_KEY")
+            .ok()
+            .filter(|t| !t.is_empty())
+        {
+            config.server.admin_token = Some(token);
+        }
+        config.check()
+    });
+    match checked {
+        Ok(summary) if json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Ok(summary) => println!("{summary}"),
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": e }));
+            }
+            eprintln!("isnad: {e}");
+            return Ok(1);
+        }
+    }
+    Ok(0)
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    let mut config = Config::load(cli.config.as_deref())?;
+    let path = cli.config.as_deref();
     match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file, listen, json },
+        } => config_check(file.as_deref().or(path), listen, json),
         Command::Serve { listen, admin_key } => {
+            // Every check of the configuration before anything is opened or loaded.
+            let mut config = Config::load(path)?;
             init_tracing("info");
             if admin_key.is_some() {
                 config.server.admin_token = admin_key;
@@ -177,6 +241,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             models_dir,
             command,
         } => {
+            // Only the TOML: listing and verifying models must work when one is missing.
+            let config = Config::read(path)?;
             init_tracing("warn");
             let dir = models_dir.unwrap_or_else(|| config.local.models_dir());
             match command {
@@ -187,6 +253,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Journal { command } => {
+            // The journal tools need nothing of the configuration, but refuse a file that is
+            // not one.
+            Config::read(path)?;
             init_tracing("warn");
             let dir = &cli.data_dir;
             match command {

@@ -8,7 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     egress::EgressPolicy,
-    local::{runtime::LocalConfig, LoadReport, LocalModel, SseStream, LOCAL_PROVIDER},
+    local::{
+        manifest,
+        runtime::{Device, LocalConfig},
+        LoadReport, LocalModel, SseStream, LOCAL_PROVIDER,
+    },
     upstream::Upstream,
     Error, Result,
 };
@@ -340,7 +344,7 @@ impl Registry {
         let checked = Self::check(providers, models, default_chat, local)?;
         let mut built: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
         for (name, url) in &checked.base_urls {
-            // `check` saw every provider named in `base_urls`.
+            // `base_urls` holds exactly the names of `providers`.
             let Some(p) = providers.get(name) else {
                 continue;
             };
@@ -465,6 +469,57 @@ impl Registry {
     }
 }
 
+/// The checks of a `local` model that open no model file: its manifest parses, is of the
+/// configured kind, and lists files that are all present.
+fn check_local(local: &LocalConfig, i: usize, m: &ModelConfig) -> Result<()> {
+    let name = m.upstream_model.as_deref().unwrap_or(&m.id);
+    let dir = local.models_dir().join(name);
+    let manifest =
+        manifest::read_manifest(&dir).map_err(|e| Error::Invalid(format!("models[{i}]: {e}")))?;
+    if manifest.files.is_empty() {
+        return Err(Error::Invalid(format!(
+            "models[{i}]: {}: manifest lists no files",
+            dir.display()
+        )));
+    }
+    if let Some(missing) = manifest.files.keys().find(|f| !dir.join(f).is_file()) {
+        return Err(Error::Invalid(format!(
+            "models[{i}]: model {}: {} is missing; run `{}`",
+            manifest.name,
+            dir.join(missing).display(),
+            manifest::SETUP_COMMAND
+        )));
+    }
+    if manifest.kind != m.kind.as_str() {
+        return Err(Error::Invalid(format!(
+            "models[{i}].kind: the manifest of \"{name}\" says kind \"{}\"",
+            manifest.kind
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the ONNX Runtime library that local models need is installed where
+/// [`crate::local::runtime::environment`] looks: the GPU build when asked for and present, else
+/// the CPU one.
+fn check_runtime(local: &LocalConfig) -> std::result::Result<(), String> {
+    let models = local.models_dir();
+    let lib = "libonnxruntime.so";
+    if local.device == Device::Cuda && models.join("onnxruntime-gpu").join(lib).exists() {
+        return Ok(());
+    }
+    let cpu = models.join("onnxruntime").join(lib);
+    if cpu.exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ONNX Runtime library {} not found; run `{}`",
+            cpu.display(),
+            manifest::SETUP_COMMAND
+        ))
+    }
+}
+
 impl isnad_pipeline::policy::ModelCatalog for Registry {
     fn model(&self, id: &str) -> Option<isnad_pipeline::policy::ModelInfo<'_>> {
         self.get(id).map(Model::info)
@@ -563,6 +618,83 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("providers.a.base_url"));
+    }
+
+    #[test]
+    fn check_and_load_refuse_alike() {
+        let providers = BTreeMap::from([("a".to_owned(), provider("http://127.0.0.1:9/v1"))]);
+        let cases: [(&[ModelConfig], Option<&str>); 4] = [
+            (&[model("m", "b", &[])], None),
+            (&[model("m", "a", &["x"])], None),
+            (&[model("m", "a", &[]), model("m", "a", &[])], None),
+            (&[model("m", "a", &[])], Some("z")),
+        ];
+        for (models, default) in cases {
+            let local = LocalConfig::default();
+            let checked = Registry::check(&providers, models, default, &local).unwrap_err();
+            let loaded = Registry::load(&providers, models, default, &local).unwrap_err();
+            assert_eq!(checked.to_string(), loaded.to_string());
+        }
+        let checked = Registry::check(
+            &providers,
+            &[model("m1", "a", &[]), model("m2", "a", &["m1"])],
+            None,
+            &LocalConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(checked.models().len(), 2);
+        assert_eq!(checked.default_chat().unwrap().id, "m1");
+    }
+
+    #[test]
+    fn local_models_are_checked_without_being_opened() {
+        // The models directory of this test is the one `ISNAD_MODELS_DIR` names when it is set.
+        if std::env::var_os("ISNAD_MODELS_DIR").is_some() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalConfig {
+            models_dir: dir.path().to_owned(),
+            ..LocalConfig::default()
+        };
+        let m = ModelConfig {
+            provider: LOCAL_PROVIDER.into(),
+            ..model("tiny", "", &[])
+        };
+        let check = || {
+            Registry::check(&BTreeMap::new(), std::slice::from_ref(&m), None, &local)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let e = check().unwrap_err();
+        assert!(
+            e.starts_with("models[0]: ") && e.contains("manifest.json"),
+            "{e}"
+        );
+        let model_dir = dir.path().join("tiny");
+        std::fs::create_dir(&model_dir).unwrap();
+        let manifest = |kind: &str| {
+            format!(r#"{{"name": "tiny", "kind": "{kind}", "files": {{"model.onnx": "00"}}}}"#)
+        };
+        std::fs::write(model_dir.join("manifest.json"), manifest("chat")).unwrap();
+        let e = check().unwrap_err();
+        assert!(e.starts_with("models[0]: model tiny: ") && e.contains("model.onnx is missing"));
+        // Not an ONNX model, and its hash is not the pinned one: only loading would tell.
+        std::fs::write(model_dir.join("model.onnx"), "not a model").unwrap();
+        let e = check().unwrap_err();
+        assert!(e.starts_with("models[0]: ONNX Runtime library"), "{e}");
+        std::fs::create_dir(dir.path().join("onnxruntime")).unwrap();
+        std::fs::write(
+            dir.path().join("onnxruntime/libonnxruntime.so"),
+            "not a library",
+        )
+        .unwrap();
+        check().unwrap();
+        std::fs::write(model_dir.join("manifest.json"), manifest("embedding")).unwrap();
+        assert_eq!(
+            check().unwrap_err(),
+            "models[0].kind: the manifest of \"tiny\" says kind \"embedding\""
+        );
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl From<&isnad_inference::Error> for ApiError {
             I::Overloaded(m) => Self::refuse(RefusalCode::ModelOverloaded, m.clone()),
             I::Stopped(_) => upstream(503, "model_unavailable"),
             I::Journal(_) => Self::Unavailable,
-            I::Invalid(_) | I::Config(_) | I::ModelFiles(_) | I::Runtime(_) | I::Internal(_) => {
+            I::Config(_) | I::ModelFiles(_) | I::Runtime(_) | I::Internal(_) => {
                 Self::Internal(e.to_string())
             }
         }

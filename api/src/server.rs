@@ -476,12 +476,10 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     let registry = Arc::new(config.registry()?);
     let journal = Journal::open_dir(data_dir, config.journal.options())?;
     let admin = AdminToken::resolve(config.server.admin_token.as_deref(), data_dir)?;
-    let credentials = Arc::new(Credentials::new(admin, &config.keys, &registry).map_err(
-        |message| crate::config::ConfigError {
-            file: "configuration".into(),
-            message,
-        },
-    )?);
+    let credentials = Arc::new(
+        Credentials::new(admin, &config.keys, &registry)
+            .map_err(crate::config::ConfigError::in_configuration)?,
+    );
     let started = NewEvent::new(&NodeStarted {
         version: env!("CARGO_PKG_VERSION").into(),
         config_hash: config.hash(),

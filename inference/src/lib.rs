@@ -1,16 +1,22 @@
-//! Inference providers and the model registry.
+//! Inference providers, the model registry and the inference stage.
 //!
 //! - [`registry`]: models from configuration (id, provider, upstream name, residency, languages,
-//!   prices, context length, fallbacks), checked at load with errors naming the key path.
+//!   prices, context length, fallbacks), checked without side effects ([`registry::Registry::check`],
+//!   errors naming the key path), then loaded; it is the policy stages' model catalogue
+//!   ([`isnad_pipeline::policy::ModelCatalog`]).
 //! - [`upstream`]: an OpenAI-compatible upstream (vLLM, llama.cpp's server, TGI, Ollama, another
 //!   isnad): pooled connections, HTTP/2 where offered, connect and read timeouts, retries with
-//!   backoff on connect errors, 429 and 5xx, and streaming passed through chunk by chunk.
+//!   backoff on connect errors, 429 and 5xx; a stream's SSE events are parsed here into typed
+//!   chunks ([`isnad_schemas::openai::ChatCompletionChunk`]).
+//! - [`stages`]: the inference stage: calls the model a request was routed to (and its
+//!   fallbacks), streams typed items back to the handler, journals the outcome. A failure is
+//!   sent as a typed [`Error`]; the API decides the status.
 //! - [`local`]: models inside the process on ONNX Runtime (chat with a key/value cache and
 //!   continuous batching; batched embeddings), every file pinned by its manifest.
-//! - [`egress`]: the only door out of the process. A request to a host that is not a configured
-//!   upstream is refused before any socket is opened, and redirects are never followed.
+//! - Egress: every upstream request goes through [`isnad_pipeline::egress`], the process's only
+//!   door out. A request to a host that is not a configured upstream is refused before any
+//!   socket is opened, and redirects are never followed.
 
-pub mod egress;
 pub mod local;
 pub mod registry;
 pub mod stages;
@@ -41,9 +47,6 @@ pub enum Error {
     Stream(String),
     /// Bad configuration; the message names the key path.
     #[error("{0}")]
-    Invalid(String),
-    /// Bad configuration; the message names the key path.
-    #[error("{0}")]
     Config(String),
     /// A local model's files are missing, damaged, or not what its manifest says.
     #[error("{0}")]
@@ -66,6 +69,16 @@ pub enum Error {
     /// A local model's queue is full.
     #[error("{0}")]
     Overloaded(String),
+}
+
+impl From<isnad_pipeline::egress::EgressError> for Error {
+    fn from(e: isnad_pipeline::egress::EgressError) -> Self {
+        use isnad_pipeline::egress::EgressError as E;
+        match e {
+            E::Refused(to) => Self::Egress(to),
+            E::BadUrl(why) => Self::Config(why),
+        }
+    }
 }
 
 /// Result alias for this crate.

@@ -6,12 +6,13 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
+use isnad_pipeline::egress::EgressPolicy;
+
 use crate::{
-    egress::EgressPolicy,
     local::{
         manifest,
         runtime::{Device, LocalConfig},
-        LoadReport, LocalModel, SseStream, LOCAL_PROVIDER,
+        ChunkStream, LoadReport, LocalModel, LOCAL_PROVIDER,
     },
     upstream::Upstream,
     Error, Result,
@@ -35,8 +36,8 @@ impl Backend {
         }
     }
 
-    /// A streaming request: the SSE bytes as they come.
-    pub async fn stream(&self, path: &str, body: &serde_json::Value) -> Result<SseStream> {
+    /// A streaming request: the answer as typed chunks, in order.
+    pub async fn stream(&self, path: &str, body: &serde_json::Value) -> Result<ChunkStream> {
         match self {
             Self::Upstream(u) => Ok(Box::pin(u.stream(path, body).await?)),
             Self::Local(m) => m.stream(path, body).await,
@@ -238,24 +239,24 @@ impl Registry {
         let mut base_urls = BTreeMap::new();
         for (name, p) in providers {
             if name == LOCAL_PROVIDER {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Config(format!(
                     "providers.{LOCAL_PROVIDER}: the name is reserved for in-process models"
                 )));
             }
             let url = Url::parse(&p.base_url)
-                .map_err(|e| Error::Invalid(format!("providers.{name}.base_url: {e}")))?;
+                .map_err(|e| Error::Config(format!("providers.{name}.base_url: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Config(format!(
                     "providers.{name}.base_url: scheme must be http or https"
                 )));
             }
             egress
                 .allow(&url)
-                .map_err(|e| Error::Invalid(format!("providers.{name}.base_url: {e}")))?;
+                .map_err(|e| Error::Config(format!("providers.{name}.base_url: {e}")))?;
             if let Some(var) = &p.api_key_env {
                 // Only whether it is set: the key itself is read when the upstream is built.
                 if std::env::var_os(var).is_none() {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Config(format!(
                         "providers.{name}.api_key_env: environment variable {var} is not set"
                     )));
                 }
@@ -265,12 +266,12 @@ impl Registry {
         let mut first_local = None;
         for (i, m) in models.iter().enumerate() {
             if m.id.is_empty() || m.id.contains(char::is_whitespace) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Config(format!(
                     "models[{i}].id: must be non-empty without spaces"
                 )));
             }
             if models[..i].iter().any(|o| o.id == m.id) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Config(format!(
                     "models[{i}].id: duplicate model id \"{}\"",
                     m.id
                 )));
@@ -279,24 +280,24 @@ impl Registry {
                 check_local(local, i, m)?;
                 first_local.get_or_insert(i);
             } else if !base_urls.contains_key(&m.provider) {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Config(format!(
                     "models[{i}].provider: unknown provider \"{}\"",
                     m.provider
                 )));
             }
         }
         if let Some(i) = first_local {
-            check_runtime(local).map_err(|e| Error::Invalid(format!("models[{i}]: {e}")))?;
+            check_runtime(local).map_err(|e| Error::Config(format!("models[{i}]: {e}")))?;
         }
         for (i, m) in models.iter().enumerate() {
             for (j, f) in m.fallbacks.iter().enumerate() {
                 let Some(target) = models.iter().find(|o| &o.id == f) else {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Config(format!(
                         "models[{i}].fallbacks[{j}]: unknown model \"{f}\""
                     )));
                 };
                 if target.kind != m.kind {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Config(format!(
                         "models[{i}].fallbacks[{j}]: \"{f}\" is not a {:?} model",
                         m.kind
                     )));
@@ -307,12 +308,12 @@ impl Registry {
             match models.iter().find(|o| o.id == d) {
                 Some(m) if m.kind == ModelKind::Chat => {}
                 Some(_) => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Config(format!(
                         "routing.default_model: \"{d}\" is not a chat model"
                     )))
                 }
                 None => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Config(format!(
                         "routing.default_model: unknown model \"{d}\""
                     )))
                 }
@@ -350,7 +351,7 @@ impl Registry {
             };
             let api_key = match &p.api_key_env {
                 Some(var) => Some(std::env::var(var).map_err(|_| {
-                    Error::Invalid(format!(
+                    Error::Config(format!(
                         "providers.{name}.api_key_env: environment variable {var} is not set"
                     ))
                 })?),
@@ -372,9 +373,9 @@ impl Registry {
             let backend = if m.provider == LOCAL_PROVIDER {
                 let dir = m.upstream_model.as_deref().unwrap_or(&m.id);
                 let (model, report) = LocalModel::load(local, dir)
-                    .map_err(|e| Error::Invalid(format!("models[{i}]: {e}")))?;
+                    .map_err(|e| Error::Config(format!("models[{i}]: {e}")))?;
                 if model.kind() != m.kind {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Config(format!(
                         "models[{i}].kind: \"{dir}\" is a {} model",
                         model.kind().as_str()
                     )));
@@ -383,7 +384,7 @@ impl Registry {
                 Backend::Local(model)
             } else {
                 let upstream = built.get(m.provider.as_str()).ok_or_else(|| {
-                    Error::Invalid(format!(
+                    Error::Config(format!(
                         "models[{i}].provider: unknown provider \"{}\"",
                         m.provider
                     ))
@@ -475,15 +476,15 @@ fn check_local(local: &LocalConfig, i: usize, m: &ModelConfig) -> Result<()> {
     let name = m.upstream_model.as_deref().unwrap_or(&m.id);
     let dir = local.models_dir().join(name);
     let manifest =
-        manifest::read_manifest(&dir).map_err(|e| Error::Invalid(format!("models[{i}]: {e}")))?;
+        manifest::read_manifest(&dir).map_err(|e| Error::Config(format!("models[{i}]: {e}")))?;
     if manifest.files.is_empty() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "models[{i}]: {}: manifest lists no files",
             dir.display()
         )));
     }
     if let Some(missing) = manifest.files.keys().find(|f| !dir.join(f).is_file()) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "models[{i}]: model {}: {} is missing; run `{}`",
             manifest.name,
             dir.join(missing).display(),
@@ -491,7 +492,7 @@ fn check_local(local: &LocalConfig, i: usize, m: &ModelConfig) -> Result<()> {
         )));
     }
     if manifest.kind != m.kind.as_str() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "models[{i}].kind: the manifest of \"{name}\" says kind \"{}\"",
             manifest.kind
         )));

@@ -8,7 +8,9 @@ use isnad_schemas::openai::ChatCompletionChunk;
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
-use crate::{egress::EgressPolicy, Error, Result};
+use isnad_pipeline::egress::EgressPolicy;
+
+use crate::{Error, Result};
 
 /// A pooled client for one upstream.
 #[derive(Debug)]

@@ -43,6 +43,7 @@
 use std::{any::Any, sync::Arc, time::Duration};
 
 pub mod bus;
+pub mod egress;
 pub mod policy;
 pub mod projection;
 pub mod runner;

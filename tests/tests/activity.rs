@@ -192,7 +192,11 @@ fn activity_api_serves_filters_pages_and_proves() {
         dir.path().to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.starts_with("OK: "), "{text}");
     assert_eq!(curl("GET", &url("/readyz"), None, None).status, 200);
 

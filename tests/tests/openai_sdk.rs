@@ -276,7 +276,10 @@ fn the_official_openai_sdk_works_against_isnad() {
         .collect();
     statuses.sort_unstable();
     statuses.dedup();
-    assert!(!statuses.contains(&401), "a 401 was journaled on its own: {statuses:?}");
+    assert!(
+        !statuses.contains(&401),
+        "a 401 was journaled on its own: {statuses:?}"
+    );
     for s in [400, 403, 404, 413, 422, 429, 451, 502, 503, 504] {
         assert!(
             statuses.contains(&s),

@@ -55,7 +55,7 @@ pub struct LoadReport {
 /// A chat model's streamed answer: typed chunks, in order, the stream's end being the answer's
 /// end (an upstream's SSE is parsed by its provider; a local engine builds the chunks itself).
 /// The API encodes them as SSE once, for the client.
-pub type SseStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk>> + Send + 'static>>;
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<ChatCompletionChunk>> + Send + 'static>>;
 
 impl LocalModel {
     /// Verifies `models_dir/name` against its manifest and starts its engine.
@@ -112,7 +112,7 @@ impl LocalModel {
     }
 
     /// Answers a streaming request as typed chunks.
-    pub async fn stream(&self, path: &str, body: &Value) -> Result<SseStream> {
+    pub async fn stream(&self, path: &str, body: &Value) -> Result<ChunkStream> {
         match (self, path) {
             (Self::Chat(c), "chat/completions") => chat_stream(c, body),
             _ => Err(Error::BadRequest(format!(
@@ -258,7 +258,7 @@ async fn chat_json(c: &ChatEngine, body: &Value) -> Result<Value> {
     }))
 }
 
-fn chat_stream(c: &ChatEngine, body: &Value) -> Result<SseStream> {
+fn chat_stream(c: &ChatEngine, body: &Value) -> Result<ChunkStream> {
     let (prompt, params, include_usage) = chat_request(c, body)?;
     let rx = c.generate(prompt, params)?;
     let head = ChatCompletionChunk {

@@ -1,10 +1,23 @@
-//! Egress control: the set of `(scheme, host, port)` the process may talk to.
+//! Egress control: the set of `(scheme, host, port)` the process may talk to. One policy for
+//! every way out of the process (upstream model calls, webhook deliveries), so that what may be
+//! reached is decided in one place.
 
 use std::collections::BTreeSet;
 
-use reqwest::Url;
+use url::Url;
 
-use crate::{Error, Result};
+/// Why a destination is not allowed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EgressError {
+    /// The destination is not configured.
+    #[error("egress refused: {0} is not a configured destination")]
+    Refused(String),
+    /// The URL names no host or port.
+    #[error("{0}")]
+    BadUrl(String),
+}
+
+type Result<T, E = EgressError> = std::result::Result<T, E>;
 
 /// Destinations allowed out of the boundary: configured upstreams (and, later, webhook targets).
 #[derive(Clone, Debug, Default)]
@@ -30,7 +43,7 @@ impl EgressPolicy {
         if self.allowed.contains(&o) {
             Ok(())
         } else {
-            Err(Error::Egress(format!("{}://{}:{}", o.0, o.1, o.2)))
+            Err(EgressError::Refused(format!("{}://{}:{}", o.0, o.1, o.2)))
         }
     }
 }
@@ -38,15 +51,17 @@ impl EgressPolicy {
 fn origin(url: &Url) -> Result<(String, String, u16)> {
     let host = url
         .host_str()
-        .ok_or_else(|| Error::Config(format!("{url} has no host")))?;
+        .ok_or_else(|| EgressError::BadUrl(format!("{url} has no host")))?;
     let port = url
         .port_or_known_default()
-        .ok_or_else(|| Error::Config(format!("{url} has no port")))?;
+        .ok_or_else(|| EgressError::BadUrl(format!("{url} has no port")))?;
     Ok((url.scheme().to_owned(), host.to_ascii_lowercase(), port))
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -64,7 +79,10 @@ mod tests {
             "http://localhost:8000/",
         ] {
             assert!(
-                matches!(p.check(&Url::parse(bad).unwrap()), Err(Error::Egress(_))),
+                matches!(
+                    p.check(&Url::parse(bad).unwrap()),
+                    Err(EgressError::Refused(_))
+                ),
                 "{bad}"
             );
         }

@@ -4,8 +4,7 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use isnad_inference::registry::Registry;
-use isnad_pipeline::policy::{Residency, Scope, AUTO_ROUTER};
+use isnad_pipeline::policy::{ModelCatalog, Residency, Scope, AUTO_ROUTER};
 use serde::{Deserialize, Serialize};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
@@ -155,9 +154,13 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// The admin token and the configured keys, checked against the models in `registry`.
+    /// The admin token and the configured keys, checked against the models in `catalog`.
     /// Errors name the key's path (`keys[i].field`).
-    pub fn new(admin: AdminToken, keys: &[KeyConfig], registry: &Registry) -> Result<Self, String> {
+    pub fn new(
+        admin: AdminToken,
+        keys: &[KeyConfig],
+        catalog: &dyn ModelCatalog,
+    ) -> Result<Self, String> {
         let mut by_hash = HashMap::new();
         for (i, k) in keys.iter().enumerate() {
             let at = |field: &str| format!("keys[{i}].{field}");
@@ -172,7 +175,7 @@ impl Credentials {
                 return Err(format!("{}: this is the admin token's hash", at("sha256")));
             }
             for (j, m) in k.models.iter().flatten().enumerate() {
-                if m != AUTO_ROUTER && registry.get(m).is_none() {
+                if m != AUTO_ROUTER && catalog.model(m).is_none() {
                     return Err(format!("{}: no model `{m}`", at(&format!("models[{j}]"))));
                 }
             }
@@ -263,7 +266,7 @@ mod tests {
 
     #[test]
     fn keys_authenticate_by_hash_and_carry_role_and_scope() {
-        let registry = Registry::default();
+        let registry = isnad_inference::registry::Registry::default();
         let creds = Credentials::new(
             AdminToken::from_token("root"),
             &[key("audit-desk", "k1")],
@@ -283,7 +286,7 @@ mod tests {
 
     #[test]
     fn bad_keys_are_refused_with_their_path() {
-        let registry = Registry::default();
+        let registry = isnad_inference::registry::Registry::default();
         let admin = || AdminToken::from_token("root");
         let mut bad = key("a", "k1");
         bad.sha256 = "xyz".into();

@@ -400,26 +400,9 @@ impl Config {
             Some(t) => AdminToken::from_token(t),
             None => AdminToken::from_token(&hex::encode(rand::random::<[u8; 32]>())),
         };
-        let without_models: Vec<_> = self
-            .keys
-            .iter()
-            .map(|k| crate::auth::KeyConfig {
-                models: None,
-                ..k.clone()
-            })
-            .collect();
-        Credentials::new(admin, &without_models, &Registry::default())
-            .map_err(|message| self.source.error(&message))?;
-        for (i, k) in self.keys.iter().enumerate() {
-            for (j, m) in k.models.iter().flatten().enumerate() {
-                if m != isnad_pipeline::policy::AUTO_ROUTER && registry.get(m).is_none() {
-                    return Err(self
-                        .source
-                        .error(&format!("keys[{i}].models[{j}]: no model `{m}`")));
-                }
-            }
-        }
-        Ok(())
+        Credentials::new(admin, &self.keys, registry)
+            .map(drop)
+            .map_err(|message| self.source.error(&message))
     }
 
     /// Every check `serve` makes before it opens the data directory, without side effects:

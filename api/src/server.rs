@@ -477,7 +477,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     let journal = Journal::open_dir(data_dir, config.journal.options())?;
     let admin = AdminToken::resolve(config.server.admin_token.as_deref(), data_dir)?;
     let credentials = Arc::new(
-        Credentials::new(admin, &config.keys, &registry)
+        Credentials::new(admin, &config.keys, &*registry)
             .map_err(crate::config::ConfigError::in_configuration)?,
     );
     let started = NewEvent::new(&NodeStarted {

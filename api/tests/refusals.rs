@@ -94,8 +94,9 @@ sha256 = "{}"
     ))
     .unwrap();
     let registry = Arc::new(config.registry().unwrap());
-    let credentials =
-        Arc::new(Credentials::new(AdminToken::from_token(ADMIN), &config.keys, &registry).unwrap());
+    let credentials = Arc::new(
+        Credentials::new(AdminToken::from_token(ADMIN), &config.keys, &*registry).unwrap(),
+    );
     let mut state = AppState::new(&config, journal.clone(), registry, credentials).unwrap();
     state.limit = Arc::new(tokio::sync::Semaphore::new(permits));
     Env {

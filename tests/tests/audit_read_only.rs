@@ -118,17 +118,41 @@ fn crash_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
-#[test]
-fn sigterm_is_a_clean_stop_and_the_tools_change_nothing_even_unprivileged() {
+/// A server over a fresh data directory whose log has moved onto a spare segment.
+struct Rolled {
+    _mock: MockUpstream,
+    tmp: tempfile::TempDir,
+    data: PathBuf,
+    cfg: String,
+    server: Server,
+}
+
+fn rolled() -> Rolled {
     let mock = MockUpstream::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let cfg = config(tmp.path(), &mock);
-    let cfg = cfg.to_str().unwrap();
-    let d = data.to_str().unwrap();
-
-    let server = Server::start(&data, TOKEN, &["--config", cfg]);
+    let cfg = config(tmp.path(), &mock).to_str().unwrap().to_owned();
+    let server = Server::start(&data, TOKEN, &["--config", &cfg]);
     load_until_rolled(&server, &data);
+    Rolled {
+        _mock: mock,
+        tmp,
+        data,
+        cfg,
+        server,
+    }
+}
+
+#[test]
+fn sigterm_is_a_clean_stop_and_the_tools_change_nothing_even_unprivileged() {
+    let Rolled {
+        _mock,
+        tmp,
+        data,
+        cfg,
+        server,
+    } = rolled();
+    let (cfg, d) = (cfg.as_str(), data.to_str().unwrap());
     assert!(server.stop(), "serve did not exit cleanly on SIGTERM");
 
     let before = snapshot(&data);
@@ -215,15 +239,14 @@ fn sigterm_is_a_clean_stop_and_the_tools_change_nothing_even_unprivileged() {
 
 #[test]
 fn after_sigkill_verify_reports_a_torn_tail_and_serve_cuts_it() {
-    let mock = MockUpstream::start(&[]);
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let cfg = config(tmp.path(), &mock);
-    let cfg = cfg.to_str().unwrap();
-    let d = data.to_str().unwrap();
-
-    let server = Server::start(&data, TOKEN, &["--config", cfg]);
-    load_until_rolled(&server, &data);
+    let Rolled {
+        _mock,
+        tmp,
+        data,
+        cfg,
+        server,
+    } = rolled();
+    let (cfg, d) = (cfg.as_str(), data.to_str().unwrap());
     drop(server); // SIGKILL
 
     // A kill leaves whole batches (a batch is one write); a power cut can leave part of one.

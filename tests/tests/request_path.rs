@@ -30,6 +30,24 @@ fn start(dir: &Path, mock: &MockUpstream) -> Server {
     )
 }
 
+/// The last 50 journal entries of `kind` under `dir/data`, as `journal tail --json` shows them.
+fn journaled(dir: &Path, kind: &str) -> Vec<Value> {
+    let d = dir.join("data");
+    let args = [
+        "journal",
+        "tail",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--kind",
+        kind,
+    ];
+    let out = isnad(&[&args[..], &["--json", "-n", "50"]].concat());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn last_upstream_body(mock: &MockUpstream) -> Value {
     curl(
         "GET",
@@ -132,23 +150,7 @@ fn unknown_fields_pass_through_and_isnad_fields_do_not() {
     assert!(server.stop());
 
     // The journal records the stream's token counts, which came from that usage chunk.
-    let d = dir.path().join("data");
-    let out = isnad(&[
-        "journal",
-        "tail",
-        "--data-dir",
-        d.to_str().unwrap(),
-        "--kind",
-        "completion.finished",
-        "--json",
-        "-n",
-        "50",
-    ]);
-    let last: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .unwrap();
+    let last = journaled(dir.path(), "completion.finished").pop().unwrap();
     assert!(
         last["payload"]["prompt_tokens"].as_u64().unwrap() > 0,
         "{last}"
@@ -210,22 +212,7 @@ fn a_flood_of_bad_keys_leaves_the_journal_bounded_and_good_keys_served() {
     // (their summary comes every 10 s, one entry per source and code).
     assert!(grown < 20 * 6 + 4, "the journal grew by {grown} entries");
     assert!(server.stop());
-    let d = dir.path().join("data");
-    let out = isnad(&[
-        "journal",
-        "tail",
-        "--data-dir",
-        d.to_str().unwrap(),
-        "--kind",
-        "requests.refused",
-        "--json",
-        "-n",
-        "10",
-    ]);
-    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = journaled(dir.path(), "requests.refused");
     let counted: u64 = rows
         .iter()
         .map(|r| r["payload"]["count"].as_u64().unwrap())

@@ -56,6 +56,14 @@ impl ApiError {
         Self::Refused(Refusal::new(RefusalCode::InvalidRequest, message).param(param))
     }
 
+    /// A 400 for a request whose `X-Request-Id` another request in flight has.
+    pub fn request_in_flight(request_id: &str) -> Self {
+        Self::bad(
+            "x-request-id",
+            format!("a request with X-Request-Id {request_id} is in flight"),
+        )
+    }
+
     /// A 401: no key, or one the gateway does not know.
     pub fn unauthorized() -> Self {
         Self::refuse(RefusalCode::InvalidApiKey, "invalid or missing API key")
@@ -270,9 +278,14 @@ pub fn classify(e: &isnad_inference::Error) -> (u16, &'static str) {
 
 impl From<isnad_pipeline::Error> for ApiError {
     fn from(e: isnad_pipeline::Error) -> Self {
+        use isnad_pipeline::Error as P;
         match e {
-            isnad_pipeline::Error::Journal(j) => j.into(),
-            other => Self::Internal(other.to_string()),
+            P::Journal(j) => j.into(),
+            // Two requests with one id raced past the gateway's check; the bus took the first.
+            P::RequestInFlight(id) => Self::request_in_flight(&id),
+            e @ (P::RequestStage { .. } | P::Timeout { .. } | P::Closed) => {
+                Self::Internal(e.to_string())
+            }
         }
     }
 }

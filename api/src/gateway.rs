@@ -458,6 +458,12 @@ impl Call {
             },
             classify: crate::error::classify,
         });
+        if self.gw.bus.attachment(&self.trace.request_id).is_some() {
+            let err = ApiError::request_in_flight(&self.trace.request_id);
+            return self
+                .refuse(Ok(received), evaluated.events, "gateway", err)
+                .await;
+        }
         let mut group = vec![received];
         group.extend(evaluated.events);
         let submitted = match self

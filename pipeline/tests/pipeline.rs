@@ -581,3 +581,28 @@ async fn a_submitted_group_is_known_at_once_and_sealed_ahead_of_what_follows() {
     bus.detach("req-s");
     journal.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_in_flight_cannot_be_submitted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open_dir(dir.path(), opts()).unwrap();
+    let bus = Bus::new(journal.clone());
+    let first = submit(&bus, request("req-dup"), "hello", &inline_stages()).unwrap();
+    first.sequenced().await.unwrap();
+    let before = journal.len();
+    let again = submit(&bus, request("req-dup"), "hello", &inline_stages());
+    assert!(
+        matches!(&again, Err(isnad_pipeline::Error::RequestInFlight(id)) if id == "req-dup"),
+        "{:?}",
+        again.err()
+    );
+    assert_eq!(journal.len(), before, "the second group was not appended");
+    assert_eq!(
+        bus.attachments_in_flight(),
+        1,
+        "the first keeps its attachment"
+    );
+    bus.detach("req-dup");
+    assert!(submit(&bus, request("req-dup"), "hello", &inline_stages()).is_ok());
+    journal.shutdown().await.unwrap();
+}

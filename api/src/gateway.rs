@@ -532,6 +532,8 @@ impl Call {
                     return self.trace.apply(ApiError::Unavailable.into_response());
                 }
             }
+            // The answer came, but its outcome could not be journaled: it is not released.
+            Some(Item::Failed(e)) => return self.trace.apply(ApiError::from(&e).into_response()),
             other => return self.unexpected(other),
         }
         drop(detach);

@@ -303,7 +303,12 @@ async fn json_one(
         }
         .as_bytes(),
     );
-    v["model"] = Value::String(model_id.to_owned());
+    let Some(answer) = v.as_object_mut() else {
+        return Err(Attempt::Retryable(Error::Stream(
+            "the upstream's answer is not a JSON object".into(),
+        )));
+    };
+    answer.insert("model".into(), Value::String(model_id.to_owned()));
     if req.tx.send(Item::Json(v)).await.is_err() {
         return Err(Attempt::Final {
             finish_reason: "client_disconnected".into(),
@@ -381,7 +386,7 @@ async fn stream_one(
             done.prompt_tokens = u.prompt_tokens;
             done.completion_tokens = u.completion_tokens;
         }
-        if chunk.is_usage_only() && !req.forward_usage {
+        if !req.forward_usage && chunk.usage.take().is_some() && chunk.choices.is_empty() {
             continue;
         }
         chunk.model = model_id.to_owned();

@@ -202,12 +202,23 @@ pub fn sse_chunks(
                 if data == "[DONE]" {
                     return None;
                 }
-                match serde_json::from_str::<ChatCompletionChunk>(&data) {
-                    Ok(c) => return Some((Ok(c), st)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "skipped an upstream event that is not a chat chunk")
-                    }
-                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
+                    tracing::warn!("skipped an upstream event that is not JSON");
+                    continue;
+                };
+                // An error in the stream (vLLM and others send one before `[DONE]`) ends it as
+                // a failure, never as content; so does an event the chunk type cannot hold.
+                let failed = match &v["error"] {
+                    Value::Null => serde_json::from_value::<ChatCompletionChunk>(v).map_err(|e| {
+                        format!("upstream sent an event that is not a chat chunk: {e}")
+                    }),
+                    err => Err(format!(
+                        "upstream reported an error mid-stream: {}",
+                        err["message"].as_str().unwrap_or("no message")
+                    )),
+                };
+                st.done = failed.is_err();
+                return Some((failed.map_err(Error::Stream), st));
             }
             match st.bytes.next().await {
                 Some(Ok(b)) => st.pending.extend(st.parser.push(&b)),
@@ -304,6 +315,18 @@ mod tests {
         assert!(out[1].as_ref().unwrap().is_usage_only());
         let cut = chunks_of(&["data: {\"id\":\"a\",\"choices\":[]}\n\n"]).await;
         assert!(matches!(cut.last(), Some(Err(Error::Stream(_)))), "{cut:?}");
+        // An error event ends the stream as a failure, never as an empty chunk; so does an
+        // event the chunk type cannot hold.
+        for event in [
+            "data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n",
+            "data: {\"id\":5,\"choices\":[]}\n\ndata: [DONE]\n\n",
+        ] {
+            let out = chunks_of(&[event]).await;
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert!(matches!(&out[0], Err(Error::Stream(_))), "{out:?}");
+        }
+        let out = chunks_of(&["data: {\"error\":{\"message\":\"boom\"}}\n\n"]).await;
+        assert!(format!("{:?}", out[0]).contains("boom"), "{out:?}");
     }
 
     #[tokio::test]

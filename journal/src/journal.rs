@@ -1337,8 +1337,11 @@ fn flusher(shared: &Shared, f: &Flushers) {
     }
     if f.running.fetch_sub(1, Ordering::AcqRel) == 1 {
         // A checkpoint written on the busy path waits for the next flush; make it durable now,
-        // and record the clean close.
-        if let Err(e) = shared.store.close() {
+        // and record the clean close, unless a flush failed: then what is on disk is not known,
+        // and the next open must read the log's end for itself.
+        let failed = f.fatal.lock().is_some();
+        let closed = if failed { Ok(()) } else { shared.store.close() };
+        if let Err(e) = closed {
             tracing::error!(error = %e, "final journal flush failed");
         }
         shared.closed.store(true, Ordering::Release);

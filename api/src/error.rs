@@ -281,7 +281,7 @@ impl From<isnad_pipeline::Error> for ApiError {
         use isnad_pipeline::Error as P;
         match e {
             P::Journal(j) => j.into(),
-            // Two requests with one id raced past the gateway's check; the bus took the first.
+            // Another request in flight holds the id (`Bus::attach_new`).
             P::RequestInFlight(id) => Self::request_in_flight(&id),
             e @ (P::RequestStage { .. } | P::Timeout { .. } | P::Closed) => {
                 Self::Internal(e.to_string())

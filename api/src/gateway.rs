@@ -458,28 +458,29 @@ impl Call {
             },
             classify: crate::error::classify,
         });
-        if self.gw.bus.attachment(&self.trace.request_id).is_some() {
-            let err = ApiError::request_in_flight(&self.trace.request_id);
-            return self
-                .refuse(Ok(received), evaluated.events, "gateway", err)
-                .await;
-        }
-        let mut group = vec![received];
-        group.extend(evaluated.events);
-        let submitted = match self
+        // Attached before the group is built, so that a request id already in flight is
+        // refused like any other step's refusal, with the group journaled.
+        if let Err(e) = self
             .gw
             .bus
-            .submit_group(group, Some(attachment.clone()), false)
+            .attach_new(&self.trace.request_id, attachment.clone())
         {
+            return self
+                .refuse(Ok(received), evaluated.events, "gateway", e.into())
+                .await;
+        }
+        let detach = Detach {
+            bus: self.gw.bus.clone(),
+            request_id: self.trace.request_id.clone(),
+        };
+        let mut group = vec![received];
+        group.extend(evaluated.events);
+        let submitted = match self.gw.bus.submit_group(group, None, false) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot journal a request");
                 return self.trace.apply(ApiError::from(e).into_response());
             }
-        };
-        let detach = Detach {
-            bus: self.gw.bus.clone(),
-            request_id: self.trace.request_id.clone(),
         };
         // The model call starts now, while the journal seals the group; the outcome is appended
         // after the group, and nothing is answered before both are durable.

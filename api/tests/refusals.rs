@@ -410,3 +410,44 @@ async fn a_client_request_id_is_used_and_a_bad_one_refused() {
         ["request.received", "request.rejected"]
     );
 }
+
+#[tokio::test]
+async fn a_request_id_in_flight_is_refused_and_journaled() {
+    let env = env(8);
+    // Another request holds the id.
+    env.state
+        .gateway
+        .bus
+        .attach_new("busy-id", Arc::new(()))
+        .unwrap();
+    let from = env.journal.len();
+    let req = Request::post(CHAT)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {MEMBER}"))
+        .header("x-request-id", "busy-id")
+        .body(Body::from(
+            r#"{"model":"home","messages":[{"role":"user","content":"hi"}]}"#,
+        ))
+        .unwrap();
+    let resp = env.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["param"], "x-request-id", "{v}");
+    assert_eq!(
+        kinds_since(&env, from).await,
+        [
+            "request.received",
+            "guardrail.evaluated",
+            "route.selected",
+            "request.rejected"
+        ]
+    );
+    assert_eq!(
+        env.state.gateway.bus.attachments_in_flight(),
+        1,
+        "the other request keeps its attachment"
+    );
+}

@@ -90,6 +90,17 @@ impl Bus {
             .insert(request_id.to_owned(), attachment);
     }
 
+    /// Keeps `attachment` for request `request_id`, unless another request in flight holds that
+    /// id ([`Error::RequestInFlight`]): one check, made atomically, for every caller.
+    pub fn attach_new(&self, request_id: &str, attachment: Attachment) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.attachments.contains_key(request_id) {
+            return Err(Error::RequestInFlight(request_id.to_owned()));
+        }
+        st.attachments.insert(request_id.to_owned(), attachment);
+        Ok(())
+    }
+
     /// The attachment of a request still in flight in this process.
     pub fn attachment(&self, request_id: &str) -> Option<Attachment> {
         self.state.lock().attachments.get(request_id).cloned()
@@ -160,11 +171,7 @@ impl Bus {
         let request_id = group.first().and_then(|e| e.request_id.clone());
         let attached = match (attachment, request_id.as_deref()) {
             (Some(a), Some(rid)) => {
-                let mut st = self.state.lock();
-                if st.attachments.contains_key(rid) {
-                    return Err(Error::RequestInFlight(rid.to_owned()));
-                }
-                st.attachments.insert(rid.to_owned(), a);
+                self.attach_new(rid, a)?;
                 true
             }
             _ => false,

@@ -202,6 +202,16 @@ async fn refused_group(env: &Env, a: &Answer, from: u64) -> Vec<String> {
 
 const CHAT: &str = "/v1/chat/completions";
 
+/// A member's chat request carrying `X-Request-Id: id`.
+fn with_request_id(id: &str, body: &'static str) -> Request<Body> {
+    Request::post(CHAT)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {MEMBER}"))
+        .header("x-request-id", id)
+        .body(Body::from(body))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn malformed_json_and_wrong_types_are_400_naming_the_parameter() {
     let env = env(8);
@@ -386,14 +396,7 @@ async fn load_is_shed_with_503_and_retry_after_and_only_counted() {
 async fn a_client_request_id_is_used_and_a_bad_one_refused() {
     let env = env(8);
     let body = r#"{"model":"nope","messages":[{"role":"user","content":"hi"}]}"#;
-    let req = |id: &str| {
-        Request::post(CHAT)
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {MEMBER}"))
-            .header("x-request-id", id)
-            .body(Body::from(body))
-            .unwrap()
-    };
+    let req = |id: &str| with_request_id(id, body);
     let resp = env.app.clone().oneshot(req("trace-abc.123")).await.unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["x-request-id"], "trace-abc.123");
@@ -421,15 +424,13 @@ async fn a_request_id_in_flight_is_refused_and_journaled() {
         .attach_new("busy-id", Arc::new(()))
         .unwrap();
     let from = env.journal.len();
-    let req = Request::post(CHAT)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {MEMBER}"))
-        .header("x-request-id", "busy-id")
-        .body(Body::from(
-            r#"{"model":"home","messages":[{"role":"user","content":"hi"}]}"#,
-        ))
+    let body = r#"{"model":"home","messages":[{"role":"user","content":"hi"}]}"#;
+    let resp = env
+        .app
+        .clone()
+        .oneshot(with_request_id("busy-id", body))
+        .await
         .unwrap();
-    let resp = env.app.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 400);
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await

@@ -91,9 +91,9 @@ impl ApiError {
             Self::Refused(r) => match r.code {
                 RefusalCode::InvalidRequest => StatusCode::BAD_REQUEST,
                 RefusalCode::InvalidApiKey => StatusCode::UNAUTHORIZED,
-                RefusalCode::PermissionDenied | RefusalCode::ModelNotPermitted => {
-                    StatusCode::FORBIDDEN
-                }
+                RefusalCode::PermissionDenied
+                | RefusalCode::ModelNotPermitted
+                | RefusalCode::AddressNotAllowed => StatusCode::FORBIDDEN,
                 RefusalCode::ModelNotFound => StatusCode::NOT_FOUND,
                 RefusalCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 RefusalCode::UnsupportedParameter => StatusCode::UNPROCESSABLE_ENTITY,
@@ -149,6 +149,7 @@ impl ApiError {
                 | RefusalCode::InvalidApiKey
                 | RefusalCode::PermissionDenied
                 | RefusalCode::ModelNotPermitted
+                | RefusalCode::AddressNotAllowed
                 | RefusalCode::ModelNotFound
                 | RefusalCode::PayloadTooLarge
                 | RefusalCode::UnsupportedParameter
@@ -320,6 +321,7 @@ mod tests {
             (RefusalCode::InvalidRequest, 400, false),
             (RefusalCode::InvalidApiKey, 401, false),
             (RefusalCode::PermissionDenied, 403, false),
+            (RefusalCode::AddressNotAllowed, 403, false),
             (RefusalCode::ModelNotPermitted, 403, false),
             (RefusalCode::ModelNotFound, 404, false),
             (RefusalCode::PayloadTooLarge, 413, false),

@@ -42,6 +42,7 @@
 
 use std::{any::Any, sync::Arc, time::Duration};
 
+pub mod access;
 pub mod bus;
 pub mod egress;
 pub mod policy;

@@ -263,6 +263,60 @@ payloads! {
         expires_at_us: Option<i64>,
     }
 
+    /// A key as access control knows it: everything but the key itself. `source` is `api`
+    /// (created through the admin API), `config` (a `[[keys]]` entry, journaled at start so
+    /// the log alone rebuilds every key) or `rotation` (issued by `key.rotated`). The creator is
+    /// the event's actor.
+    KeyCreatedV2 = ("key.created", 2) {
+        /// The key's public id (the `<id>` of `isnad_sk_<id>_…`, or `cfg_…` for a config key).
+        key_id: String,
+        /// `sha256:<hex>` of the whole key.
+        sha256: String,
+        /// Who uses it: shown in lists and journaled as the actor of config keys' requests.
+        label: String,
+        /// Its team, if any.
+        team: Option<String>,
+        /// `admin`, `operator`, `member` or `auditor`.
+        role: String,
+        /// Model ids it may use; `None` allows every model.
+        models: Option<Vec<String>>,
+        /// `local` when its data must stay inside the boundary.
+        residency: Option<String>,
+        /// When it stops working (µs since the Unix epoch), if ever.
+        expires_at_us: Option<i64>,
+        /// Client addresses it is accepted from (CIDR); empty allows any.
+        cidrs: Vec<String>,
+        /// `api`, `config` or `rotation`.
+        source: String,
+    }
+
+    /// A key was rotated: `new_key_id` (created in the same group) replaces `key_id`, which
+    /// stays valid until `grace_until_us`.
+    KeyRotated = ("key.rotated", 1) {
+        /// The key rotated out.
+        key_id: String,
+        /// The key that replaces it.
+        new_key_id: String,
+        /// Until when the old key still works (µs since the Unix epoch).
+        grace_until_us: i64,
+    }
+
+    /// A team was created.
+    TeamCreated = ("team.created", 1) {
+        /// Its id, as keys, budgets and policies name it.
+        team_id: String,
+        /// Display name.
+        name: String,
+    }
+
+    /// A team's name changed.
+    TeamUpdated = ("team.updated", 1) {
+        /// Its id.
+        team_id: String,
+        /// The new display name.
+        name: String,
+    }
+
     /// An API key was revoked.
     KeyRevoked = ("key.revoked", 1) {
         /// Key id.

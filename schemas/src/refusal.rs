@@ -15,6 +15,8 @@ wire_enum! {
         InvalidApiKey = "invalid_api_key",
         /// 403: the key's role may not call this endpoint.
         PermissionDenied = "permission_denied",
+        /// 403: the key is not accepted from the client's address (its CIDR allowlist).
+        AddressNotAllowed = "address_not_allowed",
         /// 403: the key may not use the model asked for.
         ModelNotPermitted = "model_not_permitted",
         /// 404: no model with that id (of the endpoint's kind).
@@ -43,7 +45,9 @@ impl RefusalCode {
             | Self::PayloadTooLarge
             | Self::UnsupportedParameter => "invalid_request_error",
             Self::InvalidApiKey => "authentication_error",
-            Self::PermissionDenied | Self::ModelNotPermitted => "permission_error",
+            Self::PermissionDenied | Self::ModelNotPermitted | Self::AddressNotAllowed => {
+                "permission_error"
+            }
             Self::SovereigntyViolation => "sovereignty_error",
             Self::RateLimitExceeded => "rate_limit_error",
             // OpenAI's type (and code) for a spent quota; clients that special-case it know not

@@ -155,6 +155,31 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, serde_json::Value)> {
             device: "cpu".into(),
             load_ms: 1234,
         }),
+        s(KeyCreatedV2 {
+            key_id: "AbCdEf012345".into(),
+            sha256: "sha256:ef".into(),
+            label: "ledger-bot".into(),
+            team: Some("finance".into()),
+            role: "member".into(),
+            models: Some(vec!["home".into()]),
+            residency: Some("local".into()),
+            expires_at_us: Some(1_800_000_000_000_000),
+            cidrs: vec!["10.0.0.0/8".into()],
+            source: "api".into(),
+        }),
+        s(KeyRotated {
+            key_id: "AbCdEf012345".into(),
+            new_key_id: "ZyXwVu987654".into(),
+            grace_until_us: 1_800_000_060_000_000,
+        }),
+        s(TeamCreated {
+            team_id: "finance".into(),
+            name: "Finance".into(),
+        }),
+        s(TeamUpdated {
+            team_id: "finance".into(),
+            name: "Finance & Risk".into(),
+        }),
     ]
 }
 

@@ -24,7 +24,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use isnad_journal::Journal;
-use isnad_schemas::{NewEvent, RefusalCode, RequestsRefused};
+use isnad_schemas::{NewEvent, RequestsRefused};
 use parking_lot::Mutex;
 
 use crate::{
@@ -149,6 +149,8 @@ pub struct Admitted {
     /// The actor journaled for it: the verified client certificate's identity under mTLS, else
     /// the name of its key.
     pub actor: String,
+    /// The client's address (through trusted proxies), where the server knows it.
+    pub source: Option<IpAddr>,
 }
 
 impl<S> FromRequestParts<S> for Admitted
@@ -160,17 +162,25 @@ where
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Some(principal) = Arc::<Credentials>::from_ref(state).authenticate(&parts.headers)
-        else {
-            let code = RefusalCode::InvalidApiKey.as_str();
-            Arc::<Unadmitted>::from_ref(state).record(source_of(parts), code);
-            return Err(ApiError::unauthorized().into_response());
+        let credentials = Arc::<Credentials>::from_ref(state);
+        let source = credentials.client_addr(&parts.headers, source_of(parts));
+        let principal = match credentials.authenticate(&parts.headers, source) {
+            Ok(p) => p,
+            Err(denied) => {
+                let err = ApiError::denied(denied);
+                Arc::<Unadmitted>::from_ref(state).record(source, err.code());
+                return Err(err.into_response());
+            }
         };
         let actor = match parts.extensions.get::<ClientIdentity>() {
             Some(ClientIdentity(id)) => format!("cert:{id}"),
             None => principal.name.clone(),
         };
-        Ok(Self { principal, actor })
+        Ok(Self {
+            principal,
+            actor,
+            source,
+        })
     }
 }
 

@@ -1,10 +1,18 @@
 //! Credentials: the bootstrap admin token (from configuration or `ISNAD_ADMIN_KEY`, else
 //! generated on first start and printed once; only its SHA-256 is kept, in `admin.sha256`, mode
-//! 0600) and the API keys of `[[keys]]`, each known only by its SHA-256, with a role and a scope.
+//! 0600), and the teams and keys of access control ([`isnad_pipeline::access`]): keys issued
+//! through the admin API and the `[[keys]]` of the configuration, each known only by its
+//! SHA-256, with a role, a team and a scope.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{net::IpAddr, path::Path, sync::Arc};
 
-use isnad_pipeline::policy::{ModelCatalog, Residency, Scope, AUTO_ROUTER};
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+use isnad_journal::Journal;
+use isnad_pipeline::{
+    access::{Access, ConfigKey, Denied},
+    policy::{ModelCatalog, Residency, AUTO_ROUTER},
+};
 use serde::{Deserialize, Serialize};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
@@ -72,42 +80,7 @@ impl AdminToken {
     }
 }
 
-/// What a key may do (the roles of DESIGN.md).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Everything.
-    Admin,
-    /// Its own team's keys and policy, and inference.
-    Operator,
-    /// Inference, RAG and uploads.
-    #[default]
-    Member,
-    /// The journal and its proofs; no inference.
-    Auditor,
-}
-
-impl Role {
-    /// `admin`, `operator`, `member` or `auditor`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Operator => "operator",
-            Self::Member => "member",
-            Self::Auditor => "auditor",
-        }
-    }
-
-    /// Whether the role may call models (chat, embeddings).
-    pub fn may_infer(self) -> bool {
-        self != Self::Auditor
-    }
-
-    /// Whether the role may read the activity journal and its proofs.
-    pub fn may_audit(self) -> bool {
-        matches!(self, Self::Admin | Self::Auditor)
-    }
-}
+pub use isnad_pipeline::access::{Principal, Role};
 
 /// `[[keys]]`: an API key known by its SHA-256 (the key itself is never in the file).
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -133,85 +106,148 @@ pub struct KeyConfig {
     pub team: Option<String>,
 }
 
-/// Who a request comes from, once its key is checked.
-#[derive(Debug)]
-pub struct Principal {
-    /// Actor name.
-    pub name: String,
-    /// Role.
-    pub role: Role,
-    /// Models and residency it is held to.
-    pub scope: Scope,
-    /// Its team, if it has one.
-    pub team: Option<String>,
-}
-
-/// Every credential the gateway accepts.
+/// Every credential the gateway accepts: the bootstrap admin token, and the teams and keys of
+/// [`Access`] (managed keys and the `[[keys]]` of the configuration, folded from the journal).
 pub struct Credentials {
     admin: AdminToken,
     admin_principal: Arc<Principal>,
-    keys: HashMap<[u8; 32], Arc<Principal>>,
+    access: Arc<Access>,
+    trusted_proxies: Arc<[IpNet]>,
+}
+
+/// `[[keys]]` checked against the models in `catalog` and the admin token: what access
+/// control folds. Errors name the key's path (`keys[i].field`).
+pub fn check_keys(
+    admin: &AdminToken,
+    keys: &[KeyConfig],
+    catalog: &dyn ModelCatalog,
+) -> Result<Vec<ConfigKey>, String> {
+    let mut out: Vec<ConfigKey> = Vec::with_capacity(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        let at = |field: &str| format!("keys[{i}].{field}");
+        if k.name.is_empty() || ["admin", "system", "config"].contains(&k.name.as_str()) {
+            return Err(format!("{}: `{}` is empty or reserved", at("name"), k.name));
+        }
+        let hash = hex::decode(k.sha256.trim())
+            .ok()
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .ok_or_else(|| format!("{}: not a hex SHA-256 (64 hex digits)", at("sha256")))?;
+        if hash == admin.hash {
+            return Err(format!("{}: this is the admin token's hash", at("sha256")));
+        }
+        for (j, m) in k.models.iter().flatten().enumerate() {
+            if m != AUTO_ROUTER && catalog.model(m).is_none() {
+                return Err(format!("{}: no model `{m}`", at(&format!("models[{j}]"))));
+            }
+        }
+        let team = k.team.clone().filter(|t| !t.is_empty());
+        if let Some(t) = &team {
+            if !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(format!(
+                    "{}: letters, digits, `-`, `_` and `.` only",
+                    at("team")
+                ));
+            }
+        }
+        if out.iter().any(|o| o.sha256 == hash) {
+            return Err(format!("{}: another key has the same hash", at("sha256")));
+        }
+        out.push(ConfigKey {
+            label: k.name.clone(),
+            sha256: hash,
+            role: k.role,
+            models: k.models.clone(),
+            local_only: k.residency == Some(Residency::Local),
+            team,
+        });
+    }
+    Ok(out)
 }
 
 impl Credentials {
-    /// The admin token and the configured keys, checked against the models in `catalog`.
-    /// Errors name the key's path (`keys[i].field`).
-    pub fn new(
+    /// The admin token and the keys folded from `journal`, with the configured keys journaled
+    /// where the log does not have them yet (see [`Access::sync_config`]).
+    pub async fn open(
         admin: AdminToken,
         keys: &[KeyConfig],
         catalog: &dyn ModelCatalog,
+        journal: Journal,
     ) -> Result<Self, String> {
-        let mut by_hash = HashMap::new();
-        for (i, k) in keys.iter().enumerate() {
-            let at = |field: &str| format!("keys[{i}].{field}");
-            if k.name.is_empty() || ["admin", "system"].contains(&k.name.as_str()) {
-                return Err(format!("{}: `{}` is empty or reserved", at("name"), k.name));
-            }
-            let hash = hex::decode(k.sha256.trim())
-                .ok()
-                .and_then(|h| <[u8; 32]>::try_from(h).ok())
-                .ok_or_else(|| format!("{}: not a hex SHA-256 (64 hex digits)", at("sha256")))?;
-            if hash == admin.hash {
-                return Err(format!("{}: this is the admin token's hash", at("sha256")));
-            }
-            for (j, m) in k.models.iter().flatten().enumerate() {
-                if m != AUTO_ROUTER && catalog.model(m).is_none() {
-                    return Err(format!("{}: no model `{m}`", at(&format!("models[{j}]"))));
-                }
-            }
-            let principal = Principal {
-                name: k.name.clone(),
-                role: k.role,
-                scope: Scope {
-                    models: k.models.as_ref().map(|ms| ms.clone().into()),
-                    local_only: k.residency == Some(Residency::Local),
-                },
-                team: k.team.clone().filter(|t| !t.is_empty()),
-            };
-            if by_hash.insert(hash, Arc::new(principal)).is_some() {
-                return Err(format!("{}: another key has the same hash", at("sha256")));
-            }
-        }
-        Ok(Self {
-            admin,
-            admin_principal: Arc::new(Principal {
-                name: "admin".into(),
-                role: Role::Admin,
-                scope: Scope::default(),
-                team: None,
-            }),
-            keys: by_hash,
-        })
+        let config_keys = check_keys(&admin, keys, catalog)?;
+        let access =
+            Access::open(journal).map_err(|e| format!("reading keys from the journal: {e}"))?;
+        access
+            .sync_config(&config_keys)
+            .await
+            .map_err(|e| format!("journaling the configured keys: {e}"))?;
+        Ok(Self::with_access(admin, Arc::new(access)))
     }
 
-    /// The principal of a request's `Authorization: Bearer` key, if it is one of ours.
-    pub fn authenticate(&self, headers: &axum::http::HeaderMap) -> Option<Arc<Principal>> {
-        let token = bearer(headers)?;
-        if self.admin.matches(token) {
-            return Some(self.admin_principal.clone());
+    /// Over an open [`Access`].
+    pub fn with_access(admin: AdminToken, access: Arc<Access>) -> Self {
+        Self {
+            admin,
+            admin_principal: Principal::admin(),
+            access,
+            trusted_proxies: Arc::from([]),
         }
-        // A lookup by SHA-256: timing reveals nothing usable about the key itself.
-        self.keys.get(&sha256(token.as_bytes())).cloned()
+    }
+
+    /// Proxies whose `X-Forwarded-For` is believed (`[server] trusted_proxies`).
+    pub fn trust_proxies(mut self, nets: Vec<IpNet>) -> Self {
+        self.trusted_proxies = nets.into();
+        self
+    }
+
+    /// Teams and keys.
+    pub fn access(&self) -> &Arc<Access> {
+        &self.access
+    }
+
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the address
+    /// the proxies' `X-Forwarded-For` names (the right-most one no trusted proxy added).
+    pub fn client_addr(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+        let trusted = |a: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(a));
+        let peer = peer?;
+        if !trusted(&peer) {
+            return Some(peer);
+        }
+        let mut client = peer;
+        for v in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(v) = v.to_str() else {
+                return Some(client);
+            };
+            for hop in v.rsplit(',') {
+                match hop.trim().parse::<IpAddr>() {
+                    Ok(a) => {
+                        client = a;
+                        if !trusted(&a) {
+                            return Some(a);
+                        }
+                    }
+                    // Garbage from an untrusted hop: stop at the last address we can vouch for.
+                    Err(_) => return Some(client),
+                }
+            }
+        }
+        Some(client)
+    }
+
+    /// The principal of a request's `Authorization: Bearer` key sent from `addr`, or why it is
+    /// refused.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        addr: Option<IpAddr>,
+    ) -> Result<Arc<Principal>, Denied> {
+        let token = bearer(headers).ok_or(Denied::Unknown)?;
+        if self.admin.matches(token) {
+            return Ok(self.admin_principal.clone());
+        }
+        self.access.authenticate(token, addr)
     }
 }
 
@@ -255,8 +291,8 @@ mod tests {
         }
     }
 
-    fn headers(token: &str) -> axum::http::HeaderMap {
-        let mut h = axum::http::HeaderMap::new();
+    fn headers(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
         h.insert(
             axum::http::header::AUTHORIZATION,
             format!("Bearer {token}").parse().unwrap(),
@@ -264,35 +300,68 @@ mod tests {
         h
     }
 
-    #[test]
-    fn keys_authenticate_by_hash_and_carry_role_and_scope() {
+    #[tokio::test]
+    async fn keys_authenticate_by_hash_and_carry_role_and_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open_dir(dir.path(), isnad_journal::Options::default()).unwrap();
         let registry = isnad_inference::registry::Registry::default();
-        let creds = Credentials::new(
+        let creds = Credentials::open(
             AdminToken::from_token("root"),
             &[key("audit-desk", "k1")],
             &registry,
+            journal,
         )
+        .await
         .unwrap();
-        let p = creds.authenticate(&headers("k1")).unwrap();
+        let p = creds.authenticate(&headers("k1"), None).unwrap();
         assert_eq!((p.name.as_str(), p.role), ("audit-desk", Role::Auditor));
         assert!(p.scope.local_only && !p.role.may_infer() && p.role.may_audit());
         assert_eq!(
-            creds.authenticate(&headers("root")).unwrap().role,
+            creds.authenticate(&headers("root"), None).unwrap().role,
             Role::Admin
         );
-        assert!(creds.authenticate(&headers("k2")).is_none());
-        assert!(creds.authenticate(&axum::http::HeaderMap::new()).is_none());
+        assert!(creds.authenticate(&headers("k2"), None).is_err());
+        assert!(creds.authenticate(&HeaderMap::new(), None).is_err());
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let creds = |proxies: &[&str]| {
+            let dir = tempfile::tempdir().unwrap();
+            let journal = Journal::open_dir(dir.path(), isnad_journal::Options::default()).unwrap();
+            Credentials::with_access(
+                AdminToken::from_token("root"),
+                Arc::new(Access::open(journal).unwrap()),
+            )
+            .trust_proxies(proxies.iter().map(|p| p.parse().unwrap()).collect())
+        };
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "6.6.6.6, 203.0.113.9".parse().unwrap());
+        h.append("x-forwarded-for", "10.0.0.2".parse().unwrap());
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // No trusted proxy: the peer, whatever the header says.
+        assert_eq!(creds(&[]).client_addr(&h, ip("10.0.0.1")), ip("10.0.0.1"));
+        // Trusted proxies: the right-most address none of them is, not the spoofable left-most.
+        assert_eq!(
+            creds(&["10.0.0.0/8"]).client_addr(&h, ip("10.0.0.1")),
+            ip("203.0.113.9")
+        );
+        // A peer outside the trusted set is the client even if it sends the header.
+        assert_eq!(
+            creds(&["10.0.0.0/8"]).client_addr(&h, ip("198.51.100.1")),
+            ip("198.51.100.1")
+        );
     }
 
     #[test]
     fn bad_keys_are_refused_with_their_path() {
         let registry = isnad_inference::registry::Registry::default();
-        let admin = || AdminToken::from_token("root");
+        let admin = AdminToken::from_token("root");
         let mut bad = key("a", "k1");
         bad.sha256 = "xyz".into();
-        let e = Credentials::new(admin(), &[bad], &registry).err().unwrap();
+        let e = check_keys(&admin, &[bad], &registry).err().unwrap();
         assert!(e.contains("keys[0].sha256"), "{e}");
-        let e = Credentials::new(admin(), &[key("a", "k1"), key("b", "k1")], &registry)
+        let e = check_keys(&admin, &[key("a", "k1"), key("b", "k1")], &registry)
             .err()
             .unwrap();
         assert!(
@@ -301,15 +370,13 @@ mod tests {
         );
         let mut unknown = key("a", "k1");
         unknown.models = Some(vec!["nope".into()]);
-        let e = Credentials::new(admin(), &[unknown], &registry)
-            .err()
-            .unwrap();
+        let e = check_keys(&admin, &[unknown], &registry).err().unwrap();
         assert!(e.contains("keys[0].models[0]") && e.contains("nope"), "{e}");
-        let e = Credentials::new(admin(), &[key("admin", "k1")], &registry)
+        let e = check_keys(&admin, &[key("admin", "k1")], &registry)
             .err()
             .unwrap();
         assert!(e.contains("keys[0].name"), "{e}");
-        let e = Credentials::new(admin(), &[key("x", "root")], &registry)
+        let e = check_keys(&admin, &[key("x", "root")], &registry)
             .err()
             .unwrap();
         assert!(e.contains("admin token"), "{e}");

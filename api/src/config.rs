@@ -18,10 +18,7 @@ use isnad_inference::registry::{CheckedRegistry, ModelConfig, ModelKind, Registr
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    auth::{AdminToken, Credentials},
-    tls::ClientAuth,
-};
+use crate::{auth::AdminToken, tls::ClientAuth};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -117,6 +114,10 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Allow plain HTTP on a non-loopback address (behind a TLS-terminating proxy, say).
     pub plain_http: bool,
+    /// Addresses or CIDR blocks of reverse proxies whose `X-Forwarded-For` is believed: the
+    /// client address that keys' allowlists (and per-address limits) check is then the one
+    /// those proxies forwarded. Empty (the default): always the connection's peer.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +130,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 1024,
             tls: None,
             plain_http: false,
+            trusted_proxies: vec![],
         }
     }
 }
@@ -391,7 +393,7 @@ impl Config {
         Ok(registry)
     }
 
-    /// `[[keys]]` as [`Credentials::new`] checks them, against the checked models (it takes a
+    /// `[[keys]]` as [`crate::auth::check_keys`] checks them, against the checked models (it takes a
     /// loaded registry, so the model lists are checked here).
     fn check_keys(&self, registry: &CheckedRegistry) -> Result<(), ConfigError> {
         // Without a configured admin token, serve reads or generates one in the data directory,
@@ -400,7 +402,7 @@ impl Config {
             Some(t) => AdminToken::from_token(t),
             None => AdminToken::from_token(&hex::encode(rand::random::<[u8; 32]>())),
         };
-        Credentials::new(admin, &self.keys, registry)
+        crate::auth::check_keys(&admin, &self.keys, registry)
             .map(drop)
             .map_err(|message| self.source.error(&message))
     }

@@ -21,6 +21,9 @@ pub enum ApiError {
     /// No such endpoint or resource (not a model: an unknown model is a refusal).
     #[error("{0}")]
     NotFound(String),
+    /// The resource exists already, or is in a state that does not allow the change.
+    #[error("{0}")]
+    Conflict(String),
     /// The model or upstream that was tried failed.
     #[error("{message}")]
     Upstream {
@@ -69,8 +72,19 @@ impl ApiError {
         Self::refuse(RefusalCode::InvalidApiKey, "invalid or missing API key")
     }
 
+    /// The refusal of a key access control does not accept: 401, or 403 for a client
+    /// address outside the key's allowlist.
+    pub fn denied(d: isnad_pipeline::access::Denied) -> Self {
+        use isnad_pipeline::access::Denied as D;
+        let code = match d {
+            D::Unknown | D::Revoked | D::Rotated | D::Expired => RefusalCode::InvalidApiKey,
+            D::Address => RefusalCode::AddressNotAllowed,
+        };
+        Self::refuse(code, d.message())
+    }
+
     /// A 403 for a role that may not call an endpoint.
-    pub fn role_forbidden(role: crate::auth::Role, what: &str) -> Self {
+    pub fn role_forbidden(role: isnad_pipeline::access::Role, what: &str) -> Self {
         Self::refuse(
             RefusalCode::PermissionDenied,
             format!("the role `{}` may not {what}", role.as_str()),
@@ -104,6 +118,7 @@ impl ApiError {
                 RefusalCode::ModelOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             },
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Upstream { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
             }
@@ -118,6 +133,7 @@ impl ApiError {
         match self {
             Self::Refused(r) => r.code.as_str(),
             Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
             Self::Upstream { code, .. } => code,
             Self::Overloaded => "server_overloaded",
             Self::Timeout => "request_timeout",
@@ -129,7 +145,7 @@ impl ApiError {
     fn error_type(&self) -> &'static str {
         match self {
             Self::Refused(r) => r.code.error_type(),
-            Self::NotFound(_) => "invalid_request_error",
+            Self::NotFound(_) | Self::Conflict(_) => "invalid_request_error",
             Self::Upstream { status: 429, .. } => "rate_limit_error",
             Self::Upstream { .. }
             | Self::Overloaded
@@ -156,7 +172,11 @@ impl ApiError {
                 | RefusalCode::SovereigntyViolation
                 | RefusalCode::BudgetExceeded => None,
             },
-            Self::NotFound(_) | Self::Upstream { .. } | Self::Timeout | Self::Internal(_) => None,
+            Self::NotFound(_)
+            | Self::Conflict(_)
+            | Self::Upstream { .. }
+            | Self::Timeout
+            | Self::Internal(_) => None,
         }
     }
 
@@ -169,7 +189,7 @@ impl ApiError {
             }
             Self::Overloaded | Self::Unavailable | Self::Timeout => true,
             Self::Upstream { status, .. } => *status == 429 || *status >= 500,
-            Self::NotFound(_) | Self::Internal(_) => false,
+            Self::NotFound(_) | Self::Conflict(_) | Self::Internal(_) => false,
         }
     }
 
@@ -239,6 +259,20 @@ impl From<isnad_journal::Error> for ApiError {
             | J::Corrupt { .. }
             | J::Schema(_)
             | J::ReadOnly) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<isnad_pipeline::access::AccessError> for ApiError {
+    fn from(e: isnad_pipeline::access::AccessError) -> Self {
+        use isnad_pipeline::access::AccessError as A;
+        match e {
+            A::Invalid { field, reason } => Self::bad(field, format!("{field}: {reason}")),
+            A::Forbidden(m) => Self::refuse(RefusalCode::PermissionDenied, m),
+            A::NotFound(m) => Self::NotFound(m),
+            A::Conflict(m) => Self::Conflict(m),
+            A::Journal(j) => j.into(),
+            A::Encode(e) => Self::Internal(e.to_string()),
         }
     }
 }

@@ -324,7 +324,7 @@ impl Call {
             model: model.to_owned(),
             prompt_hash,
             stream,
-            client_ip: None,
+            client_ip: self.admitted.source.map(|a| a.to_string()),
         })
         .map_err(internal)?
         .request_id(&self.trace.request_id)

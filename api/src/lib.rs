@@ -6,13 +6,16 @@
 //! - [`admission`]: the first step of every gateway request (the key), and the bounded summary
 //!   of refusals made before it.
 //! - [`gateway`]: the OpenAI-compatible handlers: parse, admit, submit, respond.
+//! - [`admin`]: teams, keys and `/v1/me` over access control ([`isnad_pipeline::access`]).
 //! - [`error`]: the one mapping from errors and refusal codes to HTTP.
 //! - [`auth`], [`config`], [`tls`], [`metrics`], and the CLI tools ([`journal_cli`],
 //!   [`models_cli`]).
 //!
-//! Modules depend in one direction: handlers use `admission`, `auth` and `error`; `error` uses
+//! Modules depend in one direction: handlers (`gateway`, `admin`) use `admission`, `auth` and
+//! `error`; `error` uses
 //! `auth` for role names; nothing here imports `server` but `main`.
 
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod config;

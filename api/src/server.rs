@@ -121,6 +121,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
+        .merge(crate::admin::routes())
         .merge(openai)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
@@ -174,17 +175,18 @@ async fn require_auditor(
     req: Request,
     next: Next,
 ) -> Response {
-    match state.credentials.authenticate(&headers) {
-        Some(p) if p.role.may_audit() => next.run(req).await,
-        Some(p) => ApiError::role_forbidden(p.role, "read the activity journal").into_response(),
-        None => {
-            let source = req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip());
-            let code = isnad_schemas::RefusalCode::InvalidApiKey.as_str();
-            state.gateway.unadmitted.record(source, code);
-            ApiError::unauthorized().into_response()
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let source = state.credentials.client_addr(&headers, peer);
+    match state.credentials.authenticate(&headers, source) {
+        Ok(p) if p.role.may_audit() => next.run(req).await,
+        Ok(p) => ApiError::role_forbidden(p.role, "read the activity journal").into_response(),
+        Err(denied) => {
+            let err = ApiError::denied(denied);
+            state.gateway.unadmitted.record(source, err.code());
+            err.into_response()
         }
     }
 }
@@ -477,8 +479,10 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     let journal = Journal::open_dir(data_dir, config.journal.options())?;
     let admin = AdminToken::resolve(config.server.admin_token.as_deref(), data_dir)?;
     let credentials = Arc::new(
-        Credentials::new(admin, &config.keys, &*registry)
-            .map_err(crate::config::ConfigError::in_configuration)?,
+        Credentials::open(admin, &config.keys, &*registry, journal.clone())
+            .await
+            .map_err(crate::config::ConfigError::in_configuration)?
+            .trust_proxies(config.server.trusted_proxies.clone()),
     );
     let started = NewEvent::new(&NodeStarted {
         version: env!("CARGO_PKG_VERSION").into(),

@@ -40,7 +40,7 @@ struct Env {
 
 /// A gateway over an upstream that is never reached (every request here is refused before a
 /// model is called), with `permits` concurrent requests.
-fn env(permits: usize) -> Env {
+async fn env(permits: usize) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::open_dir(dir.path(), Options::default()).unwrap();
     let config = Config::parse(&format!(
@@ -95,7 +95,14 @@ sha256 = "{}"
     .unwrap();
     let registry = Arc::new(config.registry().unwrap());
     let credentials = Arc::new(
-        Credentials::new(AdminToken::from_token(ADMIN), &config.keys, &*registry).unwrap(),
+        Credentials::open(
+            AdminToken::from_token(ADMIN),
+            &config.keys,
+            &*registry,
+            journal.clone(),
+        )
+        .await
+        .unwrap(),
     );
     let mut state = AppState::new(&config, journal.clone(), registry, credentials).unwrap();
     state.limit = Arc::new(tokio::sync::Semaphore::new(permits));
@@ -214,7 +221,7 @@ fn with_request_id(id: &str, body: &'static str) -> Request<Body> {
 
 #[tokio::test]
 async fn malformed_json_and_wrong_types_are_400_naming_the_parameter() {
-    let env = env(8);
+    let env = env(8).await;
     let from = env.journal.len();
     let a = post(&env, CHAT, Some(MEMBER), "{not json").await;
     let e = error_of(&a, 400, "invalid_request", None);
@@ -251,7 +258,7 @@ async fn malformed_json_and_wrong_types_are_400_naming_the_parameter() {
 
 #[tokio::test]
 async fn a_missing_or_unknown_key_is_401_and_only_counted() {
-    let env = env(8);
+    let env = env(8).await;
     let from = env.journal.len();
     let body = r#"{"model":"home","messages":[{"role":"user","content":"hi"}]}"#;
     let a = post(&env, CHAT, None, body).await;
@@ -275,7 +282,7 @@ async fn a_missing_or_unknown_key_is_401_and_only_counted() {
 
 #[tokio::test]
 async fn an_auditor_may_not_call_models_403() {
-    let env = env(8);
+    let env = env(8).await;
     let from = env.journal.len();
     let body = r#"{"model":"home","messages":[{"role":"user","content":"hi"}]}"#;
     let a = post(&env, CHAT, Some(AUDITOR), body).await;
@@ -289,7 +296,7 @@ async fn an_auditor_may_not_call_models_403() {
 
 #[tokio::test]
 async fn policy_refusals_are_the_groups_last_event() {
-    let env = env(8);
+    let env = env(8).await;
     let cases = [
         // 404: no such model, or one of the other kind.
         (
@@ -364,7 +371,7 @@ async fn policy_refusals_are_the_groups_last_event() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_413() {
-    let env = env(8);
+    let env = env(8).await;
     let from = env.journal.len();
     let big = format!(
         r#"{{"model":"home","messages":[{{"role":"user","content":"{}"}}]}}"#,
@@ -380,7 +387,7 @@ async fn a_body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn load_is_shed_with_503_and_retry_after_and_only_counted() {
-    let env = env(0);
+    let env = env(0).await;
     let from = env.journal.len();
     let body = r#"{"model":"home","messages":[{"role":"user","content":"hi"}]}"#;
     let a = post(&env, CHAT, Some(MEMBER), body).await;
@@ -394,7 +401,7 @@ async fn load_is_shed_with_503_and_retry_after_and_only_counted() {
 
 #[tokio::test]
 async fn a_client_request_id_is_used_and_a_bad_one_refused() {
-    let env = env(8);
+    let env = env(8).await;
     let body = r#"{"model":"nope","messages":[{"role":"user","content":"hi"}]}"#;
     let req = |id: &str| with_request_id(id, body);
     let resp = env.app.clone().oneshot(req("trace-abc.123")).await.unwrap();
@@ -416,7 +423,7 @@ async fn a_client_request_id_is_used_and_a_bad_one_refused() {
 
 #[tokio::test]
 async fn a_request_id_in_flight_is_refused_and_journaled() {
-    let env = env(8);
+    let env = env(8).await;
     // Another request holds the id.
     env.state
         .gateway

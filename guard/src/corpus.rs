@@ -1,0 +1,1 @@
+//! The seeded, labelled corpus generator and its scoring (feature `corpus`).

@@ -13,10 +13,15 @@ use axum::{
     extract::{FromRef, Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
     Json, Router,
 };
-use isnad_pipeline::access::{KeyRecord, KeyRequest, Principal, Role, Team, TeamRequest};
+use std::collections::BTreeMap;
+
+use isnad_pipeline::access::{
+    ledger::{Ledger, Period},
+    KeyRecord, KeyRequest, Principal, Role, Standing, Team, TeamRequest,
+};
 use isnad_schemas::openai;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -48,6 +53,9 @@ where
         .route("/v1/keys", post(create_key).get(list_keys))
         .route("/v1/keys/{id}", get(get_key).delete(revoke_key))
         .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/teams/{id}/budget", put(team_budget))
+        .route("/v1/keys/{id}/budget", put(key_budget))
+        .route("/v1/usage", get(usage))
 }
 
 type Answer = Result<Response, ApiError>;
@@ -127,6 +135,7 @@ async fn me(State(state): State<Gateway>, admitted: Admitted) -> Answer {
         "models": p.scope.models.as_deref(),
         "residency": if p.scope.local_only { "local" } else { "any" },
         "key": key.map(|k| key_json(&state, &k)),
+        "budgets": state.budgets.standing(p.team.as_deref(), p.key_id.as_deref()).iter().map(standing_json).collect::<Vec<_>>(),
     }))
     .into_response())
 }
@@ -279,4 +288,189 @@ async fn revoke_key(
         .revoke_key(by, &id, req.reason)
         .await?;
     Ok(Json(key_json(&state, &k)).into_response())
+}
+
+fn standing_json(s: &Standing) -> Value {
+    json!({
+        "scope": s.scope,
+        "period": s.period,
+        "timezone": s.timezone,
+        "current_period": s.current,
+        "limit": {"tokens": s.limit_tokens, "cost_micros": s.limit_cost_micros},
+        "spent": {"tokens": s.spent.tokens, "cost_micros": s.spent.cost_micros},
+        "held": {"tokens": s.held.tokens, "cost_micros": s.held.cost_micros},
+        "remaining": {"tokens": s.remaining_tokens, "cost_micros": s.remaining_cost_micros},
+        "resets_at": secs(s.resets_at_us),
+    })
+}
+
+/// `PUT …/budget`: caps per period; neither cap removes the budget.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetBody {
+    tokens: Option<u64>,
+    cost_micros: Option<u64>,
+    period: Option<Period>,
+    timezone: Option<String>,
+}
+
+async fn set_budget(state: &Gateway, by: &Principal, scope: String, bytes: &[u8]) -> Answer {
+    let b: BudgetBody = openai::parse_json(bytes)?;
+    let period = b.period.unwrap_or(Period::Month);
+    let tz = b.timezone.unwrap_or_else(|| "UTC".into());
+    state
+        .budgets
+        .set(&by.name, &scope, b.tokens, b.cost_micros, period, &tz)
+        .await?;
+    let (team, key) = match scope.split_once(':') {
+        Some(("team", t)) => (Some(t), None),
+        Some((_, k)) => (None, Some(k)),
+        None => (None, None),
+    };
+    let standing = state.budgets.standing(team, key);
+    Ok(Json(match standing.first() {
+        Some(s) => standing_json(s),
+        None => json!({"scope": scope, "removed": true}),
+    })
+    .into_response())
+}
+
+async fn team_budget(
+    State(state): State<Gateway>,
+    admitted: Admitted,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let by = manager(&admitted)?;
+    // An operator raising its own team's budget would defeat it.
+    if by.role != Role::Admin {
+        return Err(ApiError::role_forbidden(by.role, "set a team's budget"));
+    }
+    state.credentials.access().team(by, &id)?;
+    set_budget(&state, by, format!("team:{id}"), &bytes).await
+}
+
+async fn key_budget(
+    State(state): State<Gateway>,
+    admitted: Admitted,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let by = manager(&admitted)?;
+    let key = state.credentials.access().key(by, &id)?;
+    if !by.may_manage(key.team.as_deref(), true) {
+        return Err(ApiError::role_forbidden(by.role, "set this key's budget"));
+    }
+    set_budget(&state, by, format!("key:{id}"), &bytes).await
+}
+
+/// The filters of `GET /v1/usage` (and of `isnad journal replay`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// Only this team's.
+    pub team: Option<String>,
+    /// Only this key's (its id).
+    pub key: Option<String>,
+    /// Only this model's.
+    pub model: Option<String>,
+    /// First UTC day, `YYYY-MM-DD`, inclusive.
+    pub from: Option<String>,
+    /// Last UTC day, inclusive.
+    pub to: Option<String>,
+    /// `day` (one row per day) or `total` (the default: one row per team, key and model).
+    pub group_by: Option<String>,
+}
+
+/// `GET /v1/usage`: settled usage by UTC day, team, key and model, from the ledger (the same
+/// fold `isnad journal replay` prints). An operator sees its own team's.
+async fn usage(
+    State(state): State<Gateway>,
+    admitted: Admitted,
+    Query(q): Query<UsageQuery>,
+) -> Answer {
+    let by = manager(&admitted)?;
+    let by_day = match q.group_by.as_deref() {
+        None | Some("total") => false,
+        Some("day") => true,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "group_by",
+                format!("group_by: `{other}`: expected `day` or `total`"),
+            ))
+        }
+    };
+    for (name, d) in [("from", &q.from), ("to", &q.to)] {
+        if d.as_deref().is_some_and(|d| !is_day(d)) {
+            return Err(ApiError::bad(name, format!("{name}: expected YYYY-MM-DD")));
+        }
+    }
+    let team = match (by.role, &q.team) {
+        (Role::Operator, Some(t)) if Some(t) != by.team.as_ref() => {
+            return Err(ApiError::role_forbidden(
+                by.role,
+                "read another team's usage",
+            ))
+        }
+        (Role::Operator, _) => by.team.clone(),
+        (_, t) => t.clone(),
+    };
+    let rows = state
+        .budgets
+        .ledger()
+        .read(|l| usage_rows(l, team.as_deref(), &q, by_day));
+    Ok(list(rows))
+}
+
+fn is_day(d: &str) -> bool {
+    let b = d.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// Usage rows of `ledger` that match, summed per (day if `by_day`, team, key, model).
+pub fn usage_rows(ledger: &Ledger, team: Option<&str>, q: &UsageQuery, by_day: bool) -> Vec<Value> {
+    let mut sums: BTreeMap<
+        (String, String, String, String),
+        isnad_pipeline::access::ledger::Usage,
+    > = BTreeMap::new();
+    for ((day, t, k, m), u) in &ledger.usage {
+        let keep = team.is_none_or(|x| x == t)
+            && q.key.as_deref().is_none_or(|x| x == k)
+            && q.model.as_deref().is_none_or(|x| x == m)
+            && q.from.as_deref().is_none_or(|x| day.as_str() >= x)
+            && q.to.as_deref().is_none_or(|x| day.as_str() <= x);
+        if keep {
+            let d = if by_day { day.clone() } else { String::new() };
+            let row = sums
+                .entry((d, t.clone(), k.clone(), m.clone()))
+                .or_default();
+            row.requests += u.requests;
+            row.prompt_tokens += u.prompt_tokens;
+            row.completion_tokens += u.completion_tokens;
+            row.cost_micros += u.cost_micros;
+        }
+    }
+    sums.into_iter()
+        .map(|((day, team, key, model), u)| {
+            let mut v = json!({
+                "team": (team != "-").then_some(team),
+                "key": (key != "-").then_some(key),
+                "model": model,
+                "requests": u.requests,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "total_tokens": u.prompt_tokens + u.completion_tokens,
+                "cost_micros": u.cost_micros,
+            });
+            if by_day {
+                v["day"] = day.into();
+            }
+            v
+        })
+        .collect()
 }

@@ -40,6 +40,8 @@ pub struct Config {
     pub keys: Vec<crate::auth::KeyConfig>,
     /// The request path's policy stages (`[pipeline]`).
     pub pipeline: isnad_pipeline::policy::PolicyConfig,
+    /// How budgets hold (`[budgets]`); the budgets themselves are set through the admin API.
+    pub budgets: BudgetsConfig,
     /// The file it came from, so that errors found after parsing can name their line.
     #[serde(skip)]
     source: Source,
@@ -131,6 +133,23 @@ impl Default for ServerConfig {
             tls: None,
             plain_http: false,
             trusted_proxies: vec![],
+        }
+    }
+}
+
+/// `[budgets]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetsConfig {
+    /// Completion tokens held for a request that sets no `max_tokens` (the bound by which a
+    /// budget can be overrun: see the README).
+    pub default_max_tokens: u64,
+}
+
+impl Default for BudgetsConfig {
+    fn default() -> Self {
+        Self {
+            default_max_tokens: 4096,
         }
     }
 }

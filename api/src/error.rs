@@ -83,6 +83,25 @@ impl ApiError {
         Self::refuse(code, d.message())
     }
 
+    /// A 429 for a spent budget: which one, what the request needed and what is left.
+    pub fn budget_exceeded(e: &isnad_pipeline::access::Exceeded) -> Self {
+        let unit = if e.unit == "tokens" {
+            "tokens"
+        } else {
+            "micro-units of cost"
+        };
+        Self::refuse(
+            RefusalCode::BudgetExceeded,
+            format!(
+                "the budget of {} is spent for this period: the request needs up to {} {unit}, {} are left; it renews at {}",
+                e.scope,
+                e.needed,
+                e.available,
+                e.resets_at_us.div_euclid(1_000_000)
+            ),
+        )
+    }
+
     /// A 403 for a role that may not call an endpoint.
     pub fn role_forbidden(role: isnad_pipeline::access::Role, what: &str) -> Self {
         Self::refuse(

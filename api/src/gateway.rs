@@ -19,6 +19,7 @@ use isnad_inference::{
     stages::{InferenceRequest, Item},
 };
 use isnad_pipeline::{
+    access::{Ask, Budgets, ReserveError},
     derive_output_of_event,
     policy::{self, Endpoint, RequestContext, RequestStage, AUTO_ROUTER},
     Attachment, Bus,
@@ -49,6 +50,8 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     /// The admin token and the configured API keys.
     pub credentials: Arc<Credentials>,
+    /// Budgets and their holds.
+    pub budgets: Arc<Budgets>,
     /// Largest body accepted.
     pub max_body_bytes: usize,
     /// The request path's policy stages, in the configured order.
@@ -443,6 +446,14 @@ impl Call {
                 .refuse(Ok(received), evaluated.events, "gateway", err)
                 .await;
         };
+        let mut events = evaluated.events;
+        let max_tokens = requested_max_tokens(self.endpoint, &parsed.body);
+        let hold = match self.hold(&received, &route, max_tokens, &ctx, events.len()) {
+            Ok(h) => h,
+            Err(err) => return self.refuse(Ok(received), events, "budget", err).await,
+        };
+        let hold_at = events.len() + 1;
+        events.push(hold);
         let (tx, rx) = mpsc::channel::<Item>(64);
         let attachment: Attachment = Arc::new(InferenceRequest {
             endpoint: self.endpoint,
@@ -465,19 +476,20 @@ impl Call {
             .bus
             .attach_new(&self.trace.request_id, attachment.clone())
         {
-            return self
-                .refuse(Ok(received), evaluated.events, "gateway", e.into())
-                .await;
+            self.gw.budgets.cancel(&self.trace.request_id);
+            events.pop();
+            return self.refuse(Ok(received), events, "gateway", e.into()).await;
         }
         let detach = Detach {
             bus: self.gw.bus.clone(),
             request_id: self.trace.request_id.clone(),
         };
         let mut group = vec![received];
-        group.extend(evaluated.events);
+        group.extend(events);
         let submitted = match self.gw.bus.submit_group(group, None, false) {
             Ok(s) => s,
             Err(e) => {
+                self.gw.budgets.cancel(&self.trace.request_id);
                 tracing::error!(error = %e, "cannot journal a request");
                 return self.trace.apply(ApiError::from(e).into_response());
             }
@@ -491,8 +503,14 @@ impl Call {
             attachment,
         );
         match submitted.sequenced().await {
-            Ok(receipts) => self.set_audit(&receipts),
+            Ok(receipts) => {
+                if let Some(r) = receipts.get(hold_at) {
+                    self.gw.budgets.sequenced(&self.trace.request_id, r.seq);
+                }
+                self.set_audit(&receipts);
+            }
             Err(e) => {
+                self.gw.budgets.cancel(&self.trace.request_id);
                 tracing::error!(error = %e, "cannot journal a request");
                 return self.trace.apply(ApiError::from(e).into_response());
             }
@@ -502,6 +520,36 @@ impl Call {
             return self.trace.apply(internal(e).into_response());
         }
         self.respond(rx, detach).await
+    }
+
+    /// The budget hold of the request (`budget.reserved`, the group's next event), or the
+    /// 429 of the budget it would overrun.
+    fn hold(
+        &self,
+        received: &NewEvent,
+        route: &NewEvent,
+        max_tokens: Option<u64>,
+        ctx: &RequestContext,
+        index: usize,
+    ) -> Result<NewEvent, ApiError> {
+        let chosen = route.payload_as::<RouteSelected>().map_err(internal)?.model;
+        let model = policy::ModelCatalog::model(&*self.gw.registry, &chosen)
+            .ok_or_else(|| internal(format!("the router chose an unknown model `{chosen}`")))?;
+        let principal = &self.admitted.principal;
+        let ask = Ask {
+            request_id: &self.trace.request_id,
+            team: principal.team.as_deref(),
+            key_id: principal.key_id.as_deref(),
+            model,
+            prompt_bytes: ctx.prompt.iter().map(|p| p.len() as u64).sum(),
+            parts: ctx.prompt.len() as u64,
+            max_tokens,
+        };
+        match self.gw.budgets.reserve(&ask) {
+            Ok(ev) => Ok(derive_output_of_event("budget", received, index, ev)),
+            Err(ReserveError::Exceeded(e)) => Err(ApiError::budget_exceeded(&e)),
+            Err(ReserveError::Encode(e)) => Err(internal(e)),
+        }
     }
 
     /// Reads the inference stage's items and shapes the answer.
@@ -553,6 +601,17 @@ impl Call {
         tracing::error!(request_id = %self.trace.request_id, ?item, "pipeline answered out of order");
         self.trace
             .apply(internal("pipeline answered out of order").into_response())
+    }
+}
+
+/// The completion tokens a request allows (`max_completion_tokens`, else `max_tokens`); none
+/// for an embedding.
+fn requested_max_tokens(endpoint: Endpoint, body: &Value) -> Option<u64> {
+    match endpoint {
+        Endpoint::Embeddings => Some(0),
+        Endpoint::Chat => ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(Value::as_u64)),
     }
 }
 

@@ -45,6 +45,20 @@ pub struct AppState {
     pub limit: Arc<tokio::sync::Semaphore>,
     /// Time limit to response headers.
     pub request_timeout: Duration,
+    /// The projections and stages of the journal the server runs (the budget ledger first);
+    /// `serve` adds its own and stops them all at shutdown.
+    pub runner: Arc<parking_lot::Mutex<Option<isnad_pipeline::Runner>>>,
+}
+
+/// The server's state cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `[pipeline]` is wrong.
+    #[error(transparent)]
+    Policy(#[from] isnad_pipeline::policy::PolicyConfigError),
+    /// A projection could not start.
+    #[error(transparent)]
+    Pipeline(#[from] isnad_pipeline::Error),
 }
 
 impl AppState {
@@ -55,17 +69,29 @@ impl AppState {
         journal: Journal,
         registry: Arc<isnad_inference::registry::Registry>,
         credentials: Arc<Credentials>,
-    ) -> Result<Self, isnad_pipeline::policy::PolicyConfigError> {
+    ) -> Result<Self, StartError> {
         let stages = isnad_pipeline::policy::build(&config.pipeline, registry.clone())?;
+        let bus = isnad_pipeline::Bus::new(journal.clone());
+        let mut runner = isnad_pipeline::Runner::new(bus.clone());
+        let budgets = isnad_pipeline::access::Budgets::start(
+            &mut runner,
+            bus.clone(),
+            isnad_pipeline::access::BudgetOptions {
+                default_max_tokens: config.budgets.default_max_tokens,
+                ..Default::default()
+            },
+        )?;
         let gateway = Gateway {
-            bus: isnad_pipeline::Bus::new(journal.clone()),
+            bus,
             registry,
             credentials: credentials.clone(),
+            budgets: Arc::new(budgets),
             max_body_bytes: config.server.max_body_bytes,
             stages: stages.into(),
             unadmitted: Arc::new(Unadmitted::default()),
         };
         Ok(Self {
+            runner: Arc::new(parking_lot::Mutex::new(Some(runner))),
             journal,
             credentials,
             gateway,
@@ -509,11 +535,27 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     let unadmitted = state.gateway.unadmitted.clone();
     let summaries = unadmitted.clone().spawn(journal.clone(), SUMMARY_EVERY);
     // Projections of the journal, resumed from their saved state.
-    let mut runner = isnad_pipeline::Runner::new(state.gateway.bus.clone());
+    let mut runner = state
+        .runner
+        .lock()
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the server's runner was taken"))?;
     state.metrics.show(crate::metrics::Projections {
         usage: runner.project(crate::metrics::Usage::default())?,
         models: runner.project(isnad_pipeline::policy::ModelStats::default())?,
     });
+    // Holds that the last run left open belong to requests that died with it: void them once
+    // the ledger has caught up, before the first request.
+    let budgets = state.gateway.budgets.clone();
+    budgets.ledger().wait_for(journal.len()).await?;
+    let voided = budgets.sweep(true).await?;
+    if voided > 0 {
+        tracing::info!(
+            voided,
+            "voided the budget holds of requests the last run left open"
+        );
+    }
+    let sweeper = budgets.spawn_sweeper();
     let router = app(state);
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -536,6 +578,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         }
     }
     tracing::info!("shutting down: checkpointing the journal");
+    sweeper.abort();
     runner.shutdown().await;
     summaries.abort();
     unadmitted.write(&journal).await;

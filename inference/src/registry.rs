@@ -208,6 +208,16 @@ impl isnad_pipeline::policy::ModelCatalog for CheckedRegistry {
     }
 }
 
+/// A price in currency units as integer millionths, so that budgets add exactly (negative or
+/// non-finite prices count as free: the config check refuses them).
+fn micros(price: f64) -> u64 {
+    if price.is_finite() && price > 0.0 {
+        (price * 1e6).round() as u64
+    } else {
+        0
+    }
+}
+
 impl ModelConfig {
     /// The model as the policy stages see it.
     pub fn info(&self) -> isnad_pipeline::policy::ModelInfo<'_> {
@@ -218,6 +228,8 @@ impl ModelConfig {
             residency: self.residency,
             supports_tools: self.supports_tools,
             variable_dimensions: self.variable_dimensions,
+            price_in_micros_per_1k: micros(self.price_per_1k_input),
+            price_out_micros_per_1k: micros(self.price_per_1k_output),
         }
     }
 }

@@ -345,8 +345,20 @@ async fn stream_one(
         ..Done::default()
     };
     let mut chunks = 0u64;
-    let finalise = |mut d: Done, h: Sha256| {
+    // Without a usage chunk (an upstream that ignores `stream_options.include_usage`), the
+    // tokens are counted here rather than charged as nothing: at least one per content chunk,
+    // and at least one per 4 bytes of text either way (the prompt from the request's JSON).
+    let prompt_bytes = body
+        .get("messages")
+        .map_or(0, |m| m.to_string().len() as u64);
+    let mut usage_seen = false;
+    let mut content_bytes = 0u64;
+    let finalise = |mut d: Done, h: Sha256, usage_seen: bool, content_bytes: u64| {
         d.hash = format!("sha256:{}", hex::encode(h.finalize()));
+        if !usage_seen {
+            d.prompt_tokens = prompt_bytes.div_ceil(4);
+            d.completion_tokens = d.completion_tokens.max(content_bytes.div_ceil(4));
+        }
         d
     };
     while let Some(chunk) = chunks_in.next().await {
@@ -361,7 +373,7 @@ async fn stream_one(
                 return Err(Attempt::Final {
                     finish_reason: "error".into(),
                     error: Some(e),
-                    partial: finalise(done, hasher),
+                    partial: finalise(done, hasher, usage_seen, content_bytes),
                 });
             }
         };
@@ -371,6 +383,7 @@ async fn stream_one(
         if let Some(choice) = chunk.choices.first() {
             if let Some(c) = &choice.delta.content {
                 hasher.update(c.as_bytes());
+                content_bytes += c.len() as u64;
                 done.completion_tokens += 1;
             }
             for call in choice.delta.tool_calls.iter().flatten() {
@@ -383,6 +396,7 @@ async fn stream_one(
             }
         }
         if let Some(u) = &chunk.usage {
+            usage_seen = true;
             done.prompt_tokens = u.prompt_tokens;
             done.completion_tokens = u.completion_tokens;
         }
@@ -395,9 +409,9 @@ async fn stream_one(
             return Err(Attempt::Final {
                 finish_reason: "client_disconnected".into(),
                 error: None,
-                partial: finalise(done, hasher),
+                partial: finalise(done, hasher, usage_seen, content_bytes),
             });
         }
     }
-    Ok(finalise(done, hasher))
+    Ok(finalise(done, hasher, usage_seen, content_bytes))
 }

@@ -301,6 +301,69 @@ payloads! {
         grace_until_us: i64,
     }
 
+    /// A budget was set (or, with neither cap, removed) for `scope` (`team:<id>` or
+    /// `key:<id>`). The actor set it.
+    BudgetSet = ("budget.set", 1) {
+        /// `team:<id>` or `key:<id>`.
+        scope: String,
+        /// Token cap per period.
+        tokens: Option<u64>,
+        /// Cost cap per period, in millionths of the currency unit.
+        cost_micros: Option<u64>,
+        /// `day` or `month`.
+        period: String,
+        /// The offset periods are counted in: `UTC` or `+HH:MM` / `-HH:MM`.
+        timezone: String,
+    }
+
+    /// The hold a request takes before its model is called, in the request's group: its
+    /// worst-case tokens and cost, charged against each budget in `scopes` until the request's
+    /// outcome settles it (`completion.finished`: the real usage) or voids it
+    /// (`request.rejected`, `budget.voided`). `hold_id` is the request id.
+    BudgetReserved = ("budget.reserved", 1) {
+        /// The request id.
+        hold_id: String,
+        /// The budgets held against, each `scope@period` (`team:finance@2026-12`).
+        scopes: Vec<String>,
+        /// The key's id, if the request came with a managed or configured key.
+        key_id: Option<String>,
+        /// The model the router chose.
+        model: String,
+        /// Tokens held: the prompt's upper bound plus `max_tokens` (or the default).
+        tokens: u64,
+        /// Cost held, in millionths.
+        cost_micros: u64,
+        /// Price of 1,000 prompt tokens, in millionths (what settlement charges).
+        price_in_micros_per_1k: u64,
+        /// Price of 1,000 completion tokens, in millionths.
+        price_out_micros_per_1k: u64,
+    }
+
+    /// A hold was released without charge: its request died with a process, or it outlived
+    /// every request that could settle it.
+    BudgetVoided = ("budget.voided", 1) {
+        /// The request id.
+        hold_id: String,
+        /// Why.
+        reason: String,
+    }
+
+    /// Spending crossed a threshold of a budget, once per scope, period, unit and threshold.
+    BudgetThresholdCrossedV2 = ("budget.threshold_crossed", 2) {
+        /// `team:<id>` or `key:<id>`.
+        scope: String,
+        /// The period (`2026-12-02` or `2026-12`).
+        period: String,
+        /// `tokens` or `cost_micros`.
+        unit: String,
+        /// The cap.
+        limit: u64,
+        /// What was spent (settled) when it was noticed.
+        used: u64,
+        /// 50, 80 or 100.
+        threshold_percent: u8,
+    }
+
     /// A team was created.
     TeamCreated = ("team.created", 1) {
         /// Its id, as keys, budgets and policies name it.

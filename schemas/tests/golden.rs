@@ -180,6 +180,35 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, serde_json::Value)> {
             team_id: "finance".into(),
             name: "Finance & Risk".into(),
         }),
+        s(BudgetSet {
+            scope: "team:finance".into(),
+            tokens: Some(1_000_000),
+            cost_micros: Some(50_000_000),
+            period: "month".into(),
+            timezone: "+03:00".into(),
+        }),
+        s(BudgetReserved {
+            hold_id: "req_1".into(),
+            scopes: vec!["team:finance@2026-12".into()],
+            key_id: Some("AbCdEf012345".into()),
+            model: "home".into(),
+            tokens: 4200,
+            cost_micros: 1260,
+            price_in_micros_per_1k: 300,
+            price_out_micros_per_1k: 600,
+        }),
+        s(BudgetVoided {
+            hold_id: "req_1".into(),
+            reason: "restart".into(),
+        }),
+        s(BudgetThresholdCrossedV2 {
+            scope: "team:finance".into(),
+            period: "2026-12".into(),
+            unit: "tokens".into(),
+            limit: 1_000_000,
+            used: 812_000,
+            threshold_percent: 80,
+        }),
     ]
 }
 

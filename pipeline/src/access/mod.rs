@@ -15,6 +15,8 @@
 //! up by their public id and their hash is then compared in constant time; other tokens (the
 //! bootstrap admin key, `[[keys]]` hashes of keys chosen by the operator) are looked up by hash.
 
+mod budgets;
+pub mod ledger;
 mod live;
 mod state;
 pub mod token;
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Scope;
 
+pub use budgets::{Ask, BudgetOptions, Budgets, Exceeded, ReserveError, Standing};
 pub use live::{now_us, replay, Access, AccessError, ConfigKey, KeyRequest, TeamRequest};
 pub use state::{AccessState, Denied, KeyRecord, Team, CONFIG_ID_PREFIX};
 

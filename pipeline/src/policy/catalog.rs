@@ -58,6 +58,10 @@ pub struct ModelInfo<'a> {
     pub supports_tools: bool,
     /// For an embedding model: whether the client may choose `dimensions`.
     pub variable_dimensions: bool,
+    /// Price of 1,000 prompt (input) tokens, in millionths of the currency unit.
+    pub price_in_micros_per_1k: u64,
+    /// Price of 1,000 completion (output) tokens, in millionths of the currency unit.
+    pub price_out_micros_per_1k: u64,
 }
 
 /// The models a gateway serves.

@@ -25,6 +25,8 @@ impl ModelCatalog for Catalog {
                 residency,
                 supports_tools,
                 variable_dimensions: false,
+                price_in_micros_per_1k: 0,
+                price_out_micros_per_1k: 0,
             })
             .collect()
     }

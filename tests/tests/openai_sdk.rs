@@ -212,14 +212,15 @@ fn the_official_openai_sdk_works_against_isnad() {
             "request.received",
             "guardrail.evaluated",
             "route.selected",
+            "budget.reserved",
             "completion.finished"
         ]
     );
     let seqs: Vec<u64> = path.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(
-        [seqs[1], seqs[2]],
-        [seqs[0] + 1, seqs[0] + 2],
-        "the request, its guardrail verdict and its route are one consecutive group"
+        [seqs[1], seqs[2], seqs[3]],
+        [seqs[0] + 1, seqs[0] + 2, seqs[0] + 3],
+        "the request, its guardrail verdict, its route and its budget hold are one consecutive group"
     );
     let done = logs(
         &server.base,

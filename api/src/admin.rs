@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use isnad_pipeline::access::{
     ledger::{Ledger, Period},
-    KeyRecord, KeyRequest, Principal, Role, Standing, Team, TeamRequest,
+    KeyRecord, KeyRequest, Limits, Principal, Role, Standing, Team, TeamRequest, Window,
 };
 use isnad_schemas::openai;
 use serde::Deserialize;
@@ -55,6 +55,8 @@ where
         .route("/v1/keys/{id}/rotate", post(rotate_key))
         .route("/v1/teams/{id}/budget", put(team_budget))
         .route("/v1/keys/{id}/budget", put(key_budget))
+        .route("/v1/teams/{id}/limits", put(team_limits))
+        .route("/v1/keys/{id}/limits", put(key_limits))
         .route("/v1/usage", get(usage))
 }
 
@@ -88,6 +90,7 @@ fn team_json(t: &Team) -> Value {
         "created_at": secs(t.created_at_us),
         "created_by": t.created_by,
         "updated_at": secs(t.updated_at_us),
+        "limits": t.limits,
     })
 }
 
@@ -113,6 +116,18 @@ fn key_json(state: &Gateway, k: &KeyRecord) -> Value {
         "rotated_to": k.rotated.as_ref().map(|r| r.0.clone()),
         "grace_until": k.rotated.as_ref().map(|r| secs(r.1)),
         "last_used_at": access.last_used_us(k).map(secs),
+        "limits": k.limits,
+    })
+}
+
+fn window_json(w: &Window) -> Value {
+    json!({
+        "policy": w.policy,
+        "unit": w.unit,
+        "limit": w.limit,
+        "remaining": w.remaining,
+        "window_seconds": w.window_s,
+        "reset_ms": w.reset_ms,
     })
 }
 
@@ -122,6 +137,14 @@ fn list(data: Vec<Value>) -> Response {
 
 async fn me(State(state): State<Gateway>, admitted: Admitted) -> Answer {
     let p = &admitted.principal;
+    let limits = p.limits.or(state.credentials.limits().defaults().key);
+    let windows = state.budgets.token_windows(
+        p.team.as_deref().map(|t| (t, p.team_limits)),
+        p.key_id.as_deref().map(|k| (k, limits)),
+    );
+    if let Some(w) = windows.first() {
+        admitted.rate.report(w.clone());
+    }
     let key = p
         .key_id
         .as_ref()
@@ -136,6 +159,9 @@ async fn me(State(state): State<Gateway>, admitted: Admitted) -> Answer {
         "residency": if p.scope.local_only { "local" } else { "any" },
         "key": key.map(|k| key_json(&state, &k)),
         "budgets": state.budgets.standing(p.team.as_deref(), p.key_id.as_deref()).iter().map(standing_json).collect::<Vec<_>>(),
+        "limits": limits,
+        "team_limits": p.team_limits,
+        "token_windows": windows.iter().map(window_json).collect::<Vec<_>>(),
     }))
     .into_response())
 }
@@ -362,6 +388,36 @@ async fn key_budget(
         return Err(ApiError::role_forbidden(by.role, "set this key's budget"));
     }
     set_budget(&state, by, format!("key:{id}"), &bytes).await
+}
+
+async fn team_limits(
+    State(state): State<Gateway>,
+    admitted: Admitted,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let by = manager(&admitted)?;
+    set_limits(&state, by, format!("team:{id}"), &bytes).await
+}
+
+async fn key_limits(
+    State(state): State<Gateway>,
+    admitted: Admitted,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    let by = manager(&admitted)?;
+    set_limits(&state, by, format!("key:{id}"), &bytes).await
+}
+
+async fn set_limits(state: &Gateway, by: &Principal, scope: String, bytes: &[u8]) -> Answer {
+    let limits: Limits = body(bytes)?;
+    let set = state
+        .credentials
+        .access()
+        .set_limits(by, &scope, limits)
+        .await?;
+    Ok(Json(json!({"object": "limits", "scope": scope, "limits": set})).into_response())
 }
 
 /// The filters of `GET /v1/usage` (and of `isnad journal replay`).

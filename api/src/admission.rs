@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 use crate::{
     auth::{Credentials, Principal},
     error::ApiError,
+    ratelimit::RateSlot,
     tls::ClientIdentity,
 };
 
@@ -151,6 +152,43 @@ pub struct Admitted {
     pub actor: String,
     /// The client's address (through trusted proxies), where the server knows it.
     pub source: Option<IpAddr>,
+    /// Where the request's limits stand, for its response headers.
+    pub rate: RateSlot,
+}
+
+/// Checks a request's address limit, its key and its key's request limit, reporting each
+/// limit's standing into `rate`; a refusal is counted in `unadmitted`, not journaled one by one.
+pub fn admit(
+    credentials: &Credentials,
+    unadmitted: &Unadmitted,
+    parts: &Parts,
+    rate: &RateSlot,
+) -> Result<(Arc<Principal>, Option<IpAddr>), ApiError> {
+    let source = credentials.client_addr(&parts.headers, source_of(parts));
+    let refuse = |err: ApiError| {
+        unadmitted.record(source, err.code());
+        err
+    };
+    let limited = |l: isnad_pipeline::access::Limited| {
+        rate.report(l.window.clone());
+        refuse(ApiError::RateLimited(l))
+    };
+    match credentials.limits().check_address(source) {
+        Ok(Some(w)) => rate.report(w),
+        Ok(None) => {}
+        Err(l) => return Err(limited(l)),
+    }
+    let principal = credentials
+        .authenticate(&parts.headers, source)
+        .map_err(|d| refuse(ApiError::denied(d)))?;
+    if let Some(id) = &principal.key_id {
+        match credentials.limits().check_key(id, principal.limits) {
+            Ok(Some(w)) => rate.report(w),
+            Ok(None) => {}
+            Err(l) => return Err(limited(l)),
+        }
+    }
+    Ok((principal, source))
 }
 
 impl<S> FromRequestParts<S> for Admitted
@@ -163,15 +201,14 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let credentials = Arc::<Credentials>::from_ref(state);
-        let source = credentials.client_addr(&parts.headers, source_of(parts));
-        let principal = match credentials.authenticate(&parts.headers, source) {
-            Ok(p) => p,
-            Err(denied) => {
-                let err = ApiError::denied(denied);
-                Arc::<Unadmitted>::from_ref(state).record(source, err.code());
-                return Err(err.into_response());
-            }
-        };
+        let unadmitted = Arc::<Unadmitted>::from_ref(state);
+        let rate = parts
+            .extensions
+            .get::<RateSlot>()
+            .cloned()
+            .unwrap_or_default();
+        let (principal, source) =
+            admit(&credentials, &unadmitted, parts, &rate).map_err(IntoResponse::into_response)?;
         let actor = match parts.extensions.get::<ClientIdentity>() {
             Some(ClientIdentity(id)) => format!("cert:{id}"),
             None => principal.name.clone(),
@@ -180,6 +217,7 @@ where
             principal,
             actor,
             source,
+            rate,
         })
     }
 }

@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use ipnet::IpNet;
 use isnad_journal::Journal;
 use isnad_pipeline::{
-    access::{Access, ConfigKey, Denied},
+    access::{Access, ConfigKey, Denied, LimitDefaults, RequestLimits},
     policy::{ModelCatalog, Residency, AUTO_ROUTER},
 };
 use serde::{Deserialize, Serialize};
@@ -113,6 +113,7 @@ pub struct Credentials {
     admin_principal: Arc<Principal>,
     access: Arc<Access>,
     trusted_proxies: Arc<[IpNet]>,
+    limits: Arc<RequestLimits>,
 }
 
 /// `[[keys]]` checked against the models in `catalog` and the admin token: what access
@@ -193,7 +194,19 @@ impl Credentials {
             admin_principal: Principal::admin(),
             access,
             trusted_proxies: Arc::from([]),
+            limits: Arc::new(RequestLimits::new(LimitDefaults::default())),
         }
+    }
+
+    /// Request limits per key and per address with these defaults (`[limits]`).
+    pub fn limit(mut self, defaults: LimitDefaults) -> Self {
+        self.limits = Arc::new(RequestLimits::new(defaults));
+        self
+    }
+
+    /// The request limiters.
+    pub fn limits(&self) -> &RequestLimits {
+        &self.limits
     }
 
     /// Proxies whose `X-Forwarded-For` is believed (`[server] trusted_proxies`).

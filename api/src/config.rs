@@ -42,6 +42,8 @@ pub struct Config {
     pub pipeline: isnad_pipeline::policy::PolicyConfig,
     /// How budgets hold (`[budgets]`); the budgets themselves are set through the admin API.
     pub budgets: BudgetsConfig,
+    /// Default rate limits (`[limits]`); a key's or a team's own are set through the admin API.
+    pub limits: LimitsConfig,
     /// The file it came from, so that errors found after parsing can name their line.
     #[serde(skip)]
     source: Source,
@@ -150,6 +152,41 @@ impl Default for BudgetsConfig {
     fn default() -> Self {
         Self {
             default_max_tokens: 4096,
+        }
+    }
+}
+
+/// `[limits]`: the rate limits of every key that sets none of its own, and of every client
+/// address. Unset means unlimited.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests per minute per key.
+    pub key_requests_per_minute: Option<u32>,
+    /// Requests at once per key on top of the average (default: the per-minute rate).
+    pub key_burst: Option<u32>,
+    /// Tokens per UTC minute per key.
+    pub key_tokens_per_minute: Option<u64>,
+    /// Tokens per UTC day per key.
+    pub key_tokens_per_day: Option<u64>,
+    /// Requests per minute per client address, checked before the key.
+    pub address_requests_per_minute: Option<u32>,
+    /// Requests at once per client address (default: the per-minute rate).
+    pub address_burst: Option<u32>,
+}
+
+impl LimitsConfig {
+    /// The defaults access control applies.
+    pub fn defaults(&self) -> isnad_pipeline::access::LimitDefaults {
+        isnad_pipeline::access::LimitDefaults {
+            key: isnad_pipeline::access::Limits {
+                requests_per_minute: self.key_requests_per_minute.filter(|&n| n > 0),
+                burst: self.key_burst.filter(|&n| n > 0),
+                tokens_per_minute: self.key_tokens_per_minute,
+                tokens_per_day: self.key_tokens_per_day,
+            },
+            address_requests_per_minute: self.address_requests_per_minute.filter(|&n| n > 0),
+            address_burst: self.address_burst.filter(|&n| n > 0),
         }
     }
 }

@@ -34,6 +34,10 @@ pub enum ApiError {
         /// Message.
         message: String,
     },
+    /// A rate limit (requests per minute of a key or an address, tokens per minute or day of a
+    /// key or a team) is reached.
+    #[error("{}", rate_limited_message(.0))]
+    RateLimited(isnad_pipeline::access::Limited),
     /// The gateway is at its concurrency limit (load shedding).
     #[error("isnad is at its concurrency limit; retry shortly")]
     Overloaded,
@@ -46,6 +50,21 @@ pub enum ApiError {
     /// Something broke inside; details go to the log, not the client.
     #[error("internal error")]
     Internal(String),
+}
+
+fn rate_limited_message(l: &isnad_pipeline::access::Limited) -> String {
+    let w = &l.window;
+    let per = if w.window_s == 60 { "minute" } else { "day" };
+    match l.retry_after_ms {
+        Some(ms) => format!(
+            "rate limit of {} {} per {per} reached for {}; retry in {ms} ms",
+            w.limit, w.unit, l.scope
+        ),
+        None => format!(
+            "the request needs up to {} {}, more than the limit of {} per {per} of {}; lower max_tokens",
+            l.needed, w.unit, w.limit, l.scope
+        ),
+    }
 }
 
 impl ApiError {
@@ -136,6 +155,7 @@ impl ApiError {
                 }
                 RefusalCode::ModelOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             },
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Upstream { status, .. } => {
@@ -154,6 +174,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::Upstream { code, .. } => code,
+            Self::RateLimited(_) => RefusalCode::RateLimitExceeded.as_str(),
             Self::Overloaded => "server_overloaded",
             Self::Timeout => "request_timeout",
             Self::Unavailable => "journal_unavailable",
@@ -165,7 +186,7 @@ impl ApiError {
         match self {
             Self::Refused(r) => r.code.error_type(),
             Self::NotFound(_) | Self::Conflict(_) => "invalid_request_error",
-            Self::Upstream { status: 429, .. } => "rate_limit_error",
+            Self::Upstream { status: 429, .. } | Self::RateLimited(_) => "rate_limit_error",
             Self::Upstream { .. }
             | Self::Overloaded
             | Self::Timeout
@@ -177,6 +198,9 @@ impl ApiError {
     /// Seconds a client should wait before it retries, where retrying helps.
     fn retry_after(&self) -> Option<u32> {
         match self {
+            Self::RateLimited(l) => l
+                .retry_after_ms
+                .map(|ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX).max(1)),
             Self::Overloaded | Self::Unavailable => Some(1),
             Self::Refused(r) => match r.code {
                 RefusalCode::RateLimitExceeded | RefusalCode::ModelOverloaded => Some(1),
@@ -207,6 +231,7 @@ impl ApiError {
                 r.code == RefusalCode::RateLimitExceeded || r.code == RefusalCode::ModelOverloaded
             }
             Self::Overloaded | Self::Unavailable | Self::Timeout => true,
+            Self::RateLimited(l) => l.retry_after_ms.is_some(),
             Self::Upstream { status, .. } => *status == 429 || *status >= 500,
             Self::NotFound(_) | Self::Conflict(_) | Self::Internal(_) => false,
         }
@@ -351,6 +376,14 @@ impl IntoResponse for ApiError {
         let headers = resp.headers_mut();
         if let Some(s) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Self::RateLimited(l) = &self {
+            if let Some(ms) = l.retry_after_ms {
+                headers.insert(
+                    HeaderName::from_static("retry-after-ms"),
+                    HeaderValue::from(ms),
+                );
+            }
         }
         headers.insert(
             HeaderName::from_static("x-should-retry"),

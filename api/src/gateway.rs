@@ -39,6 +39,7 @@ use crate::{
     admission::{Admitted, Unadmitted},
     auth::Credentials,
     error::ApiError,
+    idempotency::{Begin, Idempotency},
 };
 
 /// What the gateway handlers share.
@@ -58,6 +59,8 @@ pub struct Gateway {
     pub stages: Arc<[Arc<dyn RequestStage>]>,
     /// Refusals before admission, counted for the journal's summaries.
     pub unadmitted: Arc<Unadmitted>,
+    /// Outcomes of recent requests with an `Idempotency-Key`.
+    pub idempotency: Arc<Idempotency>,
 }
 
 /// Headers every gateway response carries.
@@ -222,9 +225,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    Call::new(gw, admitted, &headers, Endpoint::Chat)
-        .serve(body, parse_chat)
-        .await
+    idempotent(gw, admitted, headers, body, Endpoint::Chat, parse_chat).await
 }
 
 /// `POST /v1/embeddings`
@@ -234,9 +235,43 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    Call::new(gw, admitted, &headers, Endpoint::Embeddings)
-        .serve(body, parse_embeddings)
-        .await
+    idempotent(
+        gw,
+        admitted,
+        headers,
+        body,
+        Endpoint::Embeddings,
+        parse_embeddings,
+    )
+    .await
+}
+
+/// Serves a model call, or answers a retry of one with its first outcome (`Idempotency-Key`).
+async fn idempotent(
+    gw: Gateway,
+    admitted: Admitted,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    endpoint: Endpoint,
+    parse: fn(&[u8]) -> Result<Parsed, ApiError>,
+) -> Response {
+    let begun = body.as_ref().ok().and_then(|b| {
+        gw.idempotency
+            .begin(&admitted.principal.name, endpoint.path(), &headers, b)
+    });
+    let ticket = match begun {
+        None => None,
+        Some(Begin::Answer(r)) => return r,
+        Some(Begin::Run(t)) => Some(t),
+    };
+    let store = gw.idempotency.clone();
+    let resp = Call::new(gw, admitted, &headers, endpoint)
+        .serve(body, parse)
+        .await;
+    match ticket {
+        Some(t) => store.finish(t, resp),
+        None => resp,
+    }
 }
 
 /// Detaches the request's attachment however the response ends (including a client that leaves).
@@ -544,10 +579,23 @@ impl Call {
             prompt_bytes: ctx.prompt.iter().map(|p| p.len() as u64).sum(),
             parts: ctx.prompt.len() as u64,
             max_tokens,
+            key_limits: principal
+                .limits
+                .or(self.gw.credentials.limits().defaults().key),
+            team_limits: principal.team_limits,
         };
         match self.gw.budgets.reserve(&ask) {
-            Ok(ev) => Ok(derive_output_of_event("budget", received, index, ev)),
+            Ok(r) => {
+                if let Some(w) = r.tokens {
+                    self.admitted.rate.report(w);
+                }
+                Ok(derive_output_of_event("budget", received, index, r.event))
+            }
             Err(ReserveError::Exceeded(e)) => Err(ApiError::budget_exceeded(&e)),
+            Err(ReserveError::Limited(l)) => {
+                self.admitted.rate.report(l.window.clone());
+                Err(ApiError::RateLimited(l))
+            }
             Err(ReserveError::Encode(e)) => Err(internal(e)),
         }
     }

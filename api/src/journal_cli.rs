@@ -415,3 +415,140 @@ pub fn tail(
     }
     Ok(0)
 }
+
+/// `journal replay`: teams, keys, budgets, limits and usage folded from the log alone, as an
+/// auditor reconciles billing. Its usage rows are the server's `/v1/usage` with the same
+/// filters, to the token and the micro-unit.
+pub fn replay(
+    data_dir: &Path,
+    usage: &crate::admin::UsageQuery,
+    json_out: bool,
+) -> anyhow::Result<i32> {
+    use isnad_pipeline::{
+        access::{ledger::Ledger, AccessState},
+        Projection as _,
+    };
+    let store = open_store(data_dir)?;
+    let total = store.next_seq()?;
+    let mut access = AccessState::default();
+    let mut ledger = Ledger::default();
+    let mut err = None;
+    store.scan(
+        0,
+        total,
+        &mut |seq, bytes| match Entry::from_stored(seq, bytes) {
+            Ok(e) => {
+                if AccessState::wants(&e.event.kind) {
+                    access.apply(&e.event);
+                }
+                if ledger.wants(&e) {
+                    ledger.apply(&e);
+                }
+                true
+            }
+            Err(reason) => {
+                err = Some(anyhow::anyhow!("entry {seq}: {reason}"));
+                false
+            }
+        },
+    )?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let by_day = match usage.group_by.as_deref() {
+        None | Some("total") => false,
+        Some("day") => true,
+        Some(other) => bail!("--group-by {other}: expected `day` or `total`"),
+    };
+    let rows = crate::admin::usage_rows(&ledger, usage.team.as_deref(), usage, by_day);
+    let budgets: Vec<serde_json::Value> = ledger
+        .budgets
+        .iter()
+        .map(|(scope, b)| {
+            let periods: serde_json::Map<String, serde_json::Value> = ledger
+                .settled
+                .range(format!("{scope}@")..format!("{scope}@\u{10ffff}"))
+                .map(|(sp, a)| {
+                    let period = sp.rsplit_once('@').map_or("", |p| p.1).to_owned();
+                    (
+                        period,
+                        json!({"tokens": a.tokens, "cost_micros": a.cost_micros}),
+                    )
+                })
+                .collect();
+            json!({
+                "scope": scope,
+                "period": b.period.as_str(),
+                "timezone": isnad_pipeline::access::ledger::format_offset(b.offset_min),
+                "limit": {"tokens": b.tokens, "cost_micros": b.cost_micros},
+                "spent": periods,
+            })
+        })
+        .collect();
+    let now = isnad_pipeline::access::now_us();
+    let keys: Vec<serde_json::Value> = access
+        .keys()
+        .map(|k| {
+            let mut v = serde_json::to_value(k).unwrap_or_default();
+            v["status"] = k.status(now).into();
+            v
+        })
+        .collect();
+    let teams: Vec<&isnad_pipeline::access::Team> = access.teams().collect();
+    let out = json!({
+        "entries": total,
+        "teams": teams,
+        "keys": keys,
+        "budgets": budgets,
+        "open_holds": ledger.holds.len(),
+        "usage": {"object": "list", "data": rows},
+    });
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(0);
+    }
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    writeln!(w, "replayed {total} entries")?;
+    writeln!(w, "teams ({}):", teams.len())?;
+    for t in &teams {
+        writeln!(w, "  {:<24} {}", t.id, t.name)?;
+    }
+    writeln!(w, "keys ({}):", keys.len())?;
+    for k in &keys {
+        writeln!(
+            w,
+            "  {:<16} {:<10} team={} role={} label={}",
+            k["id"].as_str().unwrap_or("-"),
+            k["status"].as_str().unwrap_or("-"),
+            k["team"].as_str().unwrap_or("-"),
+            k["role"].as_str().unwrap_or("-"),
+            k["label"].as_str().unwrap_or("-"),
+        )?;
+    }
+    writeln!(w, "budgets ({}):", budgets.len())?;
+    for b in &budgets {
+        writeln!(
+            w,
+            "  {} per {}: limit {} spent {}",
+            b["scope"], b["period"], b["limit"], b["spent"]
+        )?;
+    }
+    writeln!(w, "open holds: {}", ledger.holds.len())?;
+    writeln!(w, "usage:")?;
+    for r in &rows {
+        writeln!(
+            w,
+            "  {} team={} key={} model={} requests={} prompt={} completion={} cost_micros={}",
+            r.get("day").and_then(|d| d.as_str()).unwrap_or("total"),
+            r["team"].as_str().unwrap_or("-"),
+            r["key"].as_str().unwrap_or("-"),
+            r["model"].as_str().unwrap_or("-"),
+            r["requests"],
+            r["prompt_tokens"],
+            r["completion_tokens"],
+            r["cost_micros"],
+        )?;
+    }
+    Ok(0)
+}

@@ -7,7 +7,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use isnad_api::{config::Config, journal_cli};
+use isnad_api::{admin_cli, config::Config, journal_cli};
 
 /// mimalloc instead of the system allocator: the request path allocates and frees many small
 /// buffers across threads, where glibc's allocator spent about a fifth of the gateway's CPU
@@ -48,6 +48,27 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Teams: list, create, show, rename, budget, limits (against a running server).
+    Teams {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        command: admin_cli::TeamsCommand,
+    },
+    /// API keys: list, create, show, rotate, revoke, budget, limits (against a running server).
+    Keys {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(subcommand)]
+        command: admin_cli::KeysCommand,
+    },
+    /// Usage per team, key, model and day (against a running server).
+    Usage {
+        #[command(flatten)]
+        remote: admin_cli::Remote,
+        #[command(flatten)]
+        filters: admin_cli::UsageArgs,
     },
     /// Audit the activity journal offline.
     Journal {
@@ -153,6 +174,15 @@ enum JournalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild teams, keys, budgets and usage from the log alone and print them (what
+    /// `/v1/usage` serves, to the token).
+    Replay {
+        #[command(flatten)]
+        filters: admin_cli::UsageArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the latest entries.
     Tail {
         /// Start at this seq instead of the last entries.
@@ -252,6 +282,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
         }
+        Command::Teams { remote, command } => admin_cli::teams(remote, command),
+        Command::Keys { remote, command } => admin_cli::keys(remote, command),
+        Command::Usage { remote, filters } => admin_cli::usage(remote, filters),
         Command::Journal { command } => {
             // The journal tools need nothing of the configuration, but refuse a file that is
             // not one.
@@ -284,6 +317,17 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     public_key,
                     json,
                 } => journal_cli::verify_proof(&file, &public_key, json),
+                JournalCommand::Replay { filters, json } => {
+                    let q = isnad_api::admin::UsageQuery {
+                        team: filters.team,
+                        key: filters.key,
+                        model: filters.model,
+                        from: filters.from,
+                        to: filters.to,
+                        group_by: filters.group_by,
+                    };
+                    journal_cli::replay(dir, &q, json)
+                }
                 JournalCommand::Tail {
                     from,
                     count,

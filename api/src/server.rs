@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use axum::{
     body::{Body, Bytes},
     extract::{rejection::QueryRejection, FromRef, Query, Request, State},
-    http::{header, HeaderMap, StatusCode},
+    http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -89,6 +89,7 @@ impl AppState {
             max_body_bytes: config.server.max_body_bytes,
             stages: stages.into(),
             unadmitted: Arc::new(Unadmitted::default()),
+            idempotency: Arc::default(),
         };
         Ok(Self {
             runner: Arc::new(parking_lot::Mutex::new(Some(runner))),
@@ -150,6 +151,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::admin::routes())
         .merge(openai)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn(crate::ratelimit::layer))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -195,25 +197,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// The activity journal is for the `admin` and `auditor` roles.
-async fn require_auditor(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    req: Request,
-    next: Next,
-) -> Response {
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let source = state.credentials.client_addr(&headers, peer);
-    match state.credentials.authenticate(&headers, source) {
-        Ok(p) if p.role.may_audit() => next.run(req).await,
-        Ok(p) => ApiError::role_forbidden(p.role, "read the activity journal").into_response(),
-        Err(denied) => {
-            let err = ApiError::denied(denied);
-            state.gateway.unadmitted.record(source, err.code());
-            err.into_response()
-        }
+async fn require_auditor(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let rate = parts
+        .extensions
+        .get::<crate::ratelimit::RateSlot>()
+        .cloned()
+        .unwrap_or_default();
+    let admitted =
+        crate::admission::admit(&state.credentials, &state.gateway.unadmitted, &parts, &rate);
+    match admitted {
+        Ok((p, _)) if p.role.may_audit() => next.run(Request::from_parts(parts, body)).await,
+        Ok((p, _)) => ApiError::role_forbidden(p.role, "read the activity journal").into_response(),
+        Err(err) => err.into_response(),
     }
 }
 
@@ -508,7 +504,8 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         Credentials::open(admin, &config.keys, &*registry, journal.clone())
             .await
             .map_err(crate::config::ConfigError::in_configuration)?
-            .trust_proxies(config.server.trusted_proxies.clone()),
+            .trust_proxies(config.server.trusted_proxies.clone())
+            .limit(config.limits.defaults()),
     );
     let started = NewEvent::new(&NodeStarted {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -556,6 +553,15 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         );
     }
     let sweeper = budgets.spawn_sweeper();
+    // Addresses whose request limit is whole again are forgotten, so the table stays small.
+    let creds = state.credentials.clone();
+    let shrinker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            creds.limits().shrink();
+        }
+    });
     let router = app(state);
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -579,6 +585,7 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
     }
     tracing::info!("shutting down: checkpointing the journal");
     sweeper.abort();
+    shrinker.abort();
     runner.shutdown().await;
     summaries.abort();
     unadmitted.write(&journal).await;

@@ -1,6 +1,8 @@
-//! Budgets through `app(state)` against an in-process upstream: concurrent clients never
-//! overspend, streams without usage are charged, the ledger rebuilt from the journal equals
-//! the live one, and a restart keeps every figure.
+//! Budgets and rate limits through `app(state)` against an in-process upstream: concurrent
+//! clients never overspend, streams without usage are charged, the ledger rebuilt from the
+//! journal equals the live one, a restart keeps every figure and header, request and token
+//! limits answer 429 with their headers, and a retry with an `Idempotency-Key` is not charged
+//! twice.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -131,21 +133,41 @@ price_per_1k_output = 1.5
 }
 
 async fn call(env: &Env, method: &str, path: &str, key: &str, body: Value) -> (u16, Value) {
-    let req = Request::builder()
+    let (s, _, v) = call_with(env, method, path, key, body, &[]).await;
+    (s, v)
+}
+
+/// [`call`] with extra request headers, returning the response's headers too.
+async fn call_with(
+    env: &Env,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> (u16, axum::http::HeaderMap, Value) {
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Body::from(body.to_string())).unwrap();
     let resp = env.app.clone().oneshot(req).await.unwrap();
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
         .await
         .unwrap();
     let v = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, v)
+    (status, headers, v)
+}
+
+fn header<'a>(h: &'a axum::http::HeaderMap, name: &str) -> &'a str {
+    h.get(name).map_or("", |v| v.to_str().unwrap())
 }
 
 async fn setup_team(env: &Env, tokens: u64) -> String {
@@ -361,4 +383,323 @@ async fn a_restart_keeps_budgets_usage_and_remaining_quota() {
         serde_json::to_value(admin_view[0].remaining_tokens).unwrap(),
         before[0]["remaining"]["tokens"]
     );
+}
+
+/// The rate-limit headers of a response, by name.
+fn rate_headers(h: &axum::http::HeaderMap) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = h
+        .iter()
+        .filter(|(k, _)| k.as_str().contains("ratelimit"))
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn token_limits_refuse_past_the_window_and_a_restart_keeps_them_and_their_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream().await;
+    let (me_before, headers_before, key) = {
+        let env = env(dir.path(), &up).await;
+        let key = setup_team(&env, 100_000).await;
+        let id = call(&env, "GET", "/v1/me", &key, Value::Null).await.1["key"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (s, v) = call(
+            &env,
+            "PUT",
+            &format!("/v1/keys/{id}/limits"),
+            ADMIN,
+            json!({"tokens_per_minute": 400, "tokens_per_day": 100_000}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let (s, v) = call(
+            &env,
+            "PUT",
+            "/v1/teams/finance/limits",
+            ADMIN,
+            json!({"tokens_per_day": 50_000}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        // Each call holds its prompt's bytes + 8 + max_tokens (100) = 110 tokens and settles
+        // to 50: three fit in a minute of 400 while the earlier ones settle.
+        let mut remaining = Vec::new();
+        for _ in 0..3 {
+            let (s, h, v) = call_with(
+                &env,
+                "POST",
+                "/v1/chat/completions",
+                &key,
+                chat(Some(100), false),
+                &[],
+            )
+            .await;
+            assert_eq!(s, 200, "{v}");
+            assert_eq!(header(&h, "x-ratelimit-limit-tokens"), "400");
+            remaining.push(
+                header(&h, "x-ratelimit-remaining-tokens")
+                    .parse::<u64>()
+                    .unwrap(),
+            );
+            env.budgets
+                .ledger()
+                .wait_for(env.journal.len())
+                .await
+                .unwrap();
+        }
+        // 400 − 110, then 400 − 50 − 110, then 400 − 100 − 110.
+        assert_eq!(remaining, [290, 240, 190]);
+        // A request that needs more than is left in the minute is refused until it renews.
+        let (s, h, v) = call_with(
+            &env,
+            "POST",
+            "/v1/chat/completions",
+            &key,
+            chat(Some(300), false),
+            &[],
+        )
+        .await;
+        assert_eq!(s, 429, "{v}");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+        assert_eq!(header(&h, "x-should-retry"), "true");
+        let ms: u64 = header(&h, "retry-after-ms").parse().unwrap();
+        let secs: u64 = header(&h, "retry-after").parse().unwrap();
+        assert!(
+            ms > 0 && ms <= 60_000 && secs == ms.div_ceil(1000),
+            "{ms} {secs}"
+        );
+        // One that could never fit is told so, and not to retry.
+        let (s, h, v) = call_with(
+            &env,
+            "POST",
+            "/v1/chat/completions",
+            &key,
+            chat(Some(5_000), false),
+            &[],
+        )
+        .await;
+        assert_eq!(s, 429, "{v}");
+        assert_eq!(header(&h, "x-should-retry"), "false");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("lower max_tokens"),
+            "{v}"
+        );
+        env.budgets
+            .ledger()
+            .wait_for(env.journal.len())
+            .await
+            .unwrap();
+        let (s, h, me) = call_with(&env, "GET", "/v1/me", &key, Value::Null, &[]).await;
+        assert_eq!(s, 200);
+        env.journal.shutdown().await.unwrap();
+        (me, rate_headers(&h), key)
+    };
+    assert_eq!(
+        me_before["token_windows"][0]["remaining"], 250,
+        "{me_before}"
+    );
+    assert!(
+        headers_before
+            .iter()
+            .any(|(k, v)| k == "x-ratelimit-remaining-tokens" && v == "250"),
+        "{headers_before:?}"
+    );
+    let env = env(dir.path(), &up).await;
+    let (s, h, me_after) = call_with(&env, "GET", "/v1/me", &key, Value::Null, &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        rate_headers(&h),
+        headers_before,
+        "the same headers after the restart"
+    );
+    for field in ["token_windows", "budgets", "limits", "team_limits"] {
+        assert_eq!(me_after[field], me_before[field], "{field}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_over_its_request_rate_gets_429_with_every_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream().await;
+    let env = env(dir.path(), &up).await;
+    let key = setup_team(&env, 1_000_000).await;
+    let id = call(&env, "GET", "/v1/me", &key, Value::Null).await.1["key"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // An operator of another team may not change this key's limits; an admin may.
+    let (s, v) = call(
+        &env,
+        "PUT",
+        &format!("/v1/keys/{id}/limits"),
+        ADMIN,
+        json!({"requests_per_minute": 60, "burst": 2}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = call(
+        &env,
+        "PUT",
+        &format!("/v1/keys/{id}/limits"),
+        ADMIN,
+        json!({"requests_per_minut": 60}),
+    )
+    .await;
+    assert_eq!(s, 400, "unknown fields are refused: {v}");
+    let (s, v) = call(
+        &env,
+        "PUT",
+        "/v1/teams/finance/limits",
+        ADMIN,
+        json!({"requests_per_minute": 60}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("requests_per_minute")),
+        "{v}"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (s, h, v) = call_with(
+            &env,
+            "POST",
+            "/v1/chat/completions",
+            &key,
+            chat(Some(10), false),
+            &[],
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(header(&h, "x-ratelimit-limit"), "60");
+        assert_eq!(header(&h, "x-ratelimit-limit-requests"), "60");
+        assert_eq!(header(&h, "ratelimit-policy"), "\"key\";q=60;w=60");
+        let reset: u64 = header(&h, "x-ratelimit-reset").parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            reset >= now && reset <= now + 61,
+            "a Unix timestamp: {reset}"
+        );
+        seen.push(header(&h, "x-ratelimit-remaining").to_owned());
+    }
+    assert_eq!(seen, ["1", "0"]);
+    let (s, h, v) = call_with(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        &key,
+        chat(Some(10), false),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(header(&h, "x-ratelimit-remaining"), "0");
+    assert_eq!(header(&h, "x-should-retry"), "true");
+    assert!(
+        header(&h, "retry-after-ms").parse::<u64>().unwrap() <= 1000,
+        "one a second"
+    );
+    assert_eq!(header(&h, "retry-after"), "1");
+    assert!(
+        header(&h, "ratelimit").starts_with("\"key\";r=0;t="),
+        "{h:?}"
+    );
+    // The admin key has no request limit of its own.
+    let (s, _) = call(&env, "GET", "/v1/teams", ADMIN, Value::Null).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_is_answered_once_and_charged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = upstream().await;
+    let env = env(dir.path(), &up).await;
+    let key = setup_team(&env, 1_000_000).await;
+    let idem = [("idempotency-key", "retry-1")];
+    let first = call_with(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        &key,
+        chat(Some(40), false),
+        &idem,
+    )
+    .await;
+    assert_eq!(first.0, 200, "{}", first.2);
+    let again = call_with(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        &key,
+        chat(Some(40), false),
+        &idem,
+    )
+    .await;
+    assert_eq!(again.0, 200);
+    assert_eq!(again.2, first.2, "the first answer, again");
+    assert_eq!(header(&again.1, "idempotent-replayed"), "true");
+    // Another body under the same key is a client error, not a replay.
+    let other = call_with(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        &key,
+        chat(Some(41), false),
+        &idem,
+    )
+    .await;
+    assert_eq!(other.0, 400, "{}", other.2);
+    assert_eq!(other.2["error"]["param"], "idempotency-key");
+    // A stream is replayed byte for byte too.
+    let sidem = [("idempotency-key", "stream-1")];
+    let s1 = call_with(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        &key,
+        chat(Some(40), true),
+        &sidem,
+    )
+    .await;
+    let s2 = call_with(
+        &env,
+        "POST",
+        "/v1/chat/completions",
+        &key,
+        chat(Some(40), true),
+        &sidem,
+    )
+    .await;
+    assert_eq!((s1.0, s2.0), (200, 200));
+    assert_eq!(s1.2, s2.2);
+    env.budgets
+        .ledger()
+        .wait_for(env.journal.len())
+        .await
+        .unwrap();
+    let usage = call(&env, "GET", "/v1/usage", ADMIN, Value::Null).await.1;
+    assert_eq!(
+        usage["data"][0]["requests"], 2,
+        "one chat and one stream reached the model: {usage}"
+    );
+    let finished = env
+        .journal
+        .range(0, env.journal.len())
+        .unwrap()
+        .iter()
+        .filter(|e| e.event.kind == "completion.finished")
+        .count();
+    assert_eq!(finished, 2);
 }

@@ -1,5 +1,7 @@
 //! Precision and recall per entity type on the seeded, generated corpus.
 
+#![allow(clippy::expect_used)]
+
 use isnad_guard::corpus::{generate, score};
 use isnad_guard::{EntityType, Scanner, ScannerConfig};
 

@@ -316,6 +316,22 @@ payloads! {
         timezone: String,
     }
 
+    /// Rate limits were set (or, with none, removed) for `scope` (`team:<id>` or `key:<id>`).
+    /// Requests per minute apply to keys; tokens per minute and per day to keys and teams.
+    /// The actor set them.
+    LimitsSet = ("limits.set", 1) {
+        /// `team:<id>` or `key:<id>`.
+        scope: String,
+        /// Requests per minute (GCRA: one every 60/n seconds on average).
+        requests_per_minute: Option<u32>,
+        /// Requests that may come at once on top of the average (defaults to the per-minute rate).
+        burst: Option<u32>,
+        /// Tokens per UTC minute.
+        tokens_per_minute: Option<u64>,
+        /// Tokens per UTC day.
+        tokens_per_day: Option<u64>,
+    }
+
     /// The hold a request takes before its model is called, in the request's group: its
     /// worst-case tokens and cost, charged against each budget in `scopes` until the request's
     /// outcome settles it (`completion.finished`: the real usage) or voids it

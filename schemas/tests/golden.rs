@@ -187,6 +187,13 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, serde_json::Value)> {
             period: "month".into(),
             timezone: "+03:00".into(),
         }),
+        s(LimitsSet {
+            scope: "key:AbCdEf012345".into(),
+            requests_per_minute: Some(600),
+            burst: Some(50),
+            tokens_per_minute: Some(100_000),
+            tokens_per_day: None,
+        }),
         s(BudgetReserved {
             hold_id: "req_1".into(),
             scopes: vec!["team:finance@2026-12".into()],

@@ -16,7 +16,11 @@ use isnad_schemas::{BudgetReserved, BudgetSet, BudgetThresholdCrossedV2, BudgetV
 use parking_lot::Mutex;
 
 use super::{
-    ledger::{cost, format_offset, parse_offset, Amount, Budget, Hold, Ledger, Period, THRESHOLDS},
+    ledger::{
+        cost, day_at, format_offset, minute_at, parse_offset, Amount, Budget, Hold, Ledger, Period,
+        THRESHOLDS, TPD, TPM,
+    },
+    limits::{Limited, Limits, Window},
     live::now_us,
     AccessError,
 };
@@ -60,6 +64,19 @@ pub struct Ask<'a> {
     pub parts: u64,
     /// `max_tokens` (or `max_completion_tokens`) if set; `Some(0)` for embeddings.
     pub max_tokens: Option<u64>,
+    /// The key's token limits (its own, with the configured defaults filled in).
+    pub key_limits: Limits,
+    /// Its team's token limits.
+    pub team_limits: Limits,
+}
+
+/// A hold taken: its event, and the token window closest to running out after it.
+#[derive(Debug)]
+pub struct Reserved {
+    /// `budget.reserved`, for the request's group.
+    pub event: NewEvent,
+    /// The token window with the least left, if any applies.
+    pub tokens: Option<Window>,
 }
 
 /// A budget a request would overrun.
@@ -85,6 +102,9 @@ pub enum ReserveError {
     /// A budget would be overrun.
     #[error("the budget of {} is spent for this period", .0.scope)]
     Exceeded(Exceeded),
+    /// A token limit would be overrun.
+    #[error("the token limit of {} is reached", .0.scope)]
+    Limited(Limited),
     /// The hold's event could not be encoded.
     #[error(transparent)]
     Encode(isnad_schemas::Error),
@@ -163,10 +183,107 @@ impl Budgets {
             .collect()
     }
 
+    /// The token windows of a team and a key at `now`: (scope@window, cap, window length in
+    /// seconds, when it ends, policy name).
+    fn windows(
+        now: i64,
+        team: Option<(&str, Limits)>,
+        key: Option<(&str, Limits)>,
+    ) -> Vec<(String, u64, u64, i64, &'static str)> {
+        let (minute, minute_end) = minute_at(now);
+        let (day, day_end) = day_at(now);
+        let mut out = Vec::new();
+        for (kind, id, l) in [
+            team.map(|(id, l)| ("team", id, l)),
+            key.map(|(id, l)| ("key", id, l)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(cap) = l.tokens_per_minute {
+                let policy = if kind == "team" {
+                    "team-tokens-minute"
+                } else {
+                    "tokens-minute"
+                };
+                out.push((
+                    format!("{TPM}{kind}:{id}@{minute}"),
+                    cap,
+                    60,
+                    minute_end,
+                    policy,
+                ));
+            }
+            if let Some(cap) = l.tokens_per_day {
+                let policy = if kind == "team" {
+                    "team-tokens-day"
+                } else {
+                    "tokens-day"
+                };
+                out.push((
+                    format!("{TPD}{kind}:{id}@{day}"),
+                    cap,
+                    86_400,
+                    day_end,
+                    policy,
+                ));
+            }
+        }
+        out
+    }
+
+    /// What `l` and the unfolded holds of `overlay` count against `sp`: settled plus held.
+    fn used(
+        l: &Ledger,
+        overlay: &HashMap<String, (Hold, Option<u64>)>,
+        folded: u64,
+        sp: &str,
+    ) -> Amount {
+        let mut used = l.spent(sp);
+        used.add(l.held(sp));
+        for (id, (h, seq)) in overlay {
+            let unfolded = seq.is_none_or(|s| s >= folded);
+            if unfolded && !l.holds.contains_key(id) && h.scopes.iter().any(|s| s == sp) {
+                used.add(h.amount);
+            }
+        }
+        used
+    }
+
+    /// Where the token windows of a team and a key stand, the one with the least left first.
+    pub fn token_windows(
+        &self,
+        team: Option<(&str, Limits)>,
+        key: Option<(&str, Limits)>,
+    ) -> Vec<Window> {
+        let now = (self.clock)();
+        let windows = Self::windows(now, team, key);
+        if windows.is_empty() {
+            return Vec::new();
+        }
+        let overlay = self.overlay.lock();
+        let mut out: Vec<Window> = self.ledger.read(|l| {
+            let folded = self.ledger.next_seq();
+            windows
+                .into_iter()
+                .map(|(sp, cap, window_s, end, policy)| Window {
+                    policy,
+                    unit: "tokens",
+                    limit: cap,
+                    remaining: cap.saturating_sub(Self::used(l, &overlay, folded, &sp).tokens),
+                    window_s,
+                    reset_ms: u64::try_from(end.saturating_sub(now) / 1000).unwrap_or(0),
+                })
+                .collect()
+        });
+        out.sort_by_key(|w| w.remaining);
+        out
+    }
+
     /// Checks every budget `ask` falls under and holds its worst case, or says which budget it
     /// would overrun. The event goes into the request's group; tell [`Budgets::sequenced`]
     /// its seq, or [`Budgets::cancel`] if it never reached the journal.
-    pub fn reserve(&self, ask: &Ask<'_>) -> Result<NewEvent, ReserveError> {
+    pub fn reserve(&self, ask: &Ask<'_>) -> Result<Reserved, ReserveError> {
         let now = (self.clock)();
         let prompt = ask
             .prompt_bytes
@@ -177,55 +294,84 @@ impl Budgets {
             cost_micros: cost(prompt, ask.model.price_in_micros_per_1k)
                 .saturating_add(cost(completion, ask.model.price_out_micros_per_1k)),
         };
+        let windows = Self::windows(
+            now,
+            ask.team.map(|t| (t, ask.team_limits)),
+            ask.key_id.map(|k| (k, ask.key_limits)),
+        );
         let mut overlay = self.overlay.lock();
         let mut held_scopes = Vec::new();
-        self.ledger
-            .read(|l| -> Result<(), Exceeded> {
-                let folded = self.ledger.next_seq();
-                overlay.retain(|_, (_, seq)| seq.is_none_or(|s| s >= folded));
-                for scope in Self::scopes(ask.team, ask.key_id) {
-                    let Some(b) = l.budgets.get(&scope) else {
-                        continue;
-                    };
-                    let (period, resets_at_us) = b.period_at(now);
-                    let sp = format!("{scope}@{period}");
-                    let mut used = l.spent(&sp);
-                    used.add(l.held(&sp));
-                    for (id, (h, _)) in overlay.iter() {
-                        if !l.holds.contains_key(id) && h.scopes.contains(&sp) {
-                            used.add(h.amount);
-                        }
-                    }
-                    let over = |unit, limit: Option<u64>, used: u64, needed: u64| {
-                        limit.and_then(|limit| {
-                            let available = limit.saturating_sub(used);
-                            (needed > available).then(|| Exceeded {
-                                scope: scope.clone(),
-                                unit,
-                                limit,
-                                available,
-                                needed,
-                                resets_at_us,
-                            })
-                        })
-                    };
-                    if let Some(e) =
-                        over("tokens", b.tokens, used.tokens, need.tokens).or_else(|| {
-                            over(
-                                "cost_micros",
-                                b.cost_micros,
-                                used.cost_micros,
-                                need.cost_micros,
-                            )
-                        })
-                    {
-                        return Err(e);
-                    }
-                    held_scopes.push(sp);
+        let mut tightest: Option<Window> = None;
+        self.ledger.read(|l| -> Result<(), ReserveError> {
+            let folded = self.ledger.next_seq();
+            overlay.retain(|_, (_, seq)| seq.is_none_or(|s| s >= folded));
+            for (sp, cap, window_s, end, policy) in windows {
+                let used = Self::used(l, &overlay, folded, &sp).tokens;
+                let available = cap.saturating_sub(used);
+                let reset_ms = u64::try_from(end.saturating_sub(now) / 1000).unwrap_or(0);
+                let window = Window {
+                    policy,
+                    unit: "tokens",
+                    limit: cap,
+                    remaining: available,
+                    window_s,
+                    reset_ms,
+                };
+                if need.tokens > available {
+                    let scope = sp[TPM.len()..].split('@').next().unwrap_or("").to_owned();
+                    return Err(ReserveError::Limited(Limited {
+                        window,
+                        scope,
+                        retry_after_ms: (need.tokens <= cap).then_some(reset_ms.max(1)),
+                        needed: need.tokens,
+                    }));
                 }
-                Ok(())
-            })
-            .map_err(ReserveError::Exceeded)?;
+                let after = Window {
+                    remaining: available - need.tokens,
+                    ..window
+                };
+                if tightest
+                    .as_ref()
+                    .is_none_or(|t| after.remaining < t.remaining)
+                {
+                    tightest = Some(after);
+                }
+                held_scopes.push(sp);
+            }
+            for scope in Self::scopes(ask.team, ask.key_id) {
+                let Some(b) = l.budgets.get(&scope) else {
+                    continue;
+                };
+                let (period, resets_at_us) = b.period_at(now);
+                let sp = format!("{scope}@{period}");
+                let used = Self::used(l, &overlay, folded, &sp);
+                let over = |unit, limit: Option<u64>, used: u64, needed: u64| {
+                    limit.and_then(|limit| {
+                        let available = limit.saturating_sub(used);
+                        (needed > available).then(|| Exceeded {
+                            scope: scope.clone(),
+                            unit,
+                            limit,
+                            available,
+                            needed,
+                            resets_at_us,
+                        })
+                    })
+                };
+                if let Some(e) = over("tokens", b.tokens, used.tokens, need.tokens).or_else(|| {
+                    over(
+                        "cost_micros",
+                        b.cost_micros,
+                        used.cost_micros,
+                        need.cost_micros,
+                    )
+                }) {
+                    return Err(ReserveError::Exceeded(e));
+                }
+                held_scopes.push(sp);
+            }
+            Ok(())
+        })?;
         let payload = BudgetReserved {
             hold_id: ask.request_id.to_owned(),
             scopes: held_scopes.clone(),
@@ -255,7 +401,10 @@ impl Budgets {
                 None,
             ),
         );
-        Ok(event)
+        Ok(Reserved {
+            event,
+            tokens: tightest,
+        })
     }
 
     /// The hold of `request_id` was sequenced at `seq`.
@@ -283,13 +432,11 @@ impl Budgets {
                     let (current, resets_at_us) = b.period_at(now);
                     let sp = format!("{scope}@{current}");
                     let spent = l.spent(&sp);
-                    let mut held = l.held(&sp);
-                    for (id, (h, seq)) in overlay.iter() {
-                        let unfolded = seq.is_none_or(|s| s >= folded);
-                        if unfolded && !l.holds.contains_key(id) && h.scopes.contains(&sp) {
-                            held.add(h.amount);
-                        }
-                    }
+                    let used = Self::used(l, &overlay, folded, &sp);
+                    let held = Amount {
+                        tokens: used.tokens - spent.tokens,
+                        cost_micros: used.cost_micros - spent.cost_micros,
+                    };
                     let left =
                         |cap: Option<u64>, s: u64, h: u64| cap.map(|c| c.saturating_sub(s + h));
                     Some(Standing {

@@ -204,6 +204,57 @@ pub struct Ledger {
     pub crossed: BTreeSet<(String, String, u8)>,
     /// Usage by (UTC day, team, key, model); `-` where there is none.
     pub usage: BTreeMap<UsageKey, Usage>,
+    /// Token windows (`tpm:…`, `tpd:…` in [`Ledger::settled`]) by when they end, per length
+    /// (minute, day), so that ended ones are dropped once a later window is in use.
+    pub windows: [BTreeSet<(i64, String)>; 2],
+}
+
+/// The prefix of a tokens-per-minute window's scope (`tpm:key:<id>@2026-12-02T15:47`).
+pub const TPM: &str = "tpm:";
+/// The prefix of a tokens-per-day window's scope (`tpd:team:<id>@2026-12-02`).
+pub const TPD: &str = "tpd:";
+
+/// The UTC minute `at_us` falls in (`2026-12-02T15:47`) and when it ends (µs).
+pub fn minute_at(at_us: i64) -> (String, i64) {
+    let minute = at_us.div_euclid(60_000_000);
+    let days = minute.div_euclid(1440);
+    let (y, m, d) = civil_from_days(days);
+    let in_day = minute.rem_euclid(1440);
+    (
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}", in_day / 60, in_day % 60),
+        (minute + 1) * 60_000_000,
+    )
+}
+
+/// The UTC day `at_us` falls in (`2026-12-02`) and when it ends (µs).
+pub fn day_at(at_us: i64) -> (String, i64) {
+    let days = at_us.div_euclid(86_400_000_000);
+    let (y, m, d) = civil_from_days(days);
+    (format!("{y:04}-{m:02}-{d:02}"), (days + 1) * 86_400_000_000)
+}
+
+/// When the token window `scope_period` (`tpm:…@YYYY-MM-DDTHH:MM` or `tpd:…@YYYY-MM-DD`) ends.
+pub fn window_end(scope_period: &str) -> Option<i64> {
+    let (_, period) = scope_period.rsplit_once('@')?;
+    let num = |s: &str| s.parse::<u32>().ok();
+    let (date, time) = match period.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (period, None),
+    };
+    let mut it = date.splitn(3, '-');
+    let y = i64::from(num(it.next()?)?);
+    let m = num(it.next()?)?;
+    let d = num(it.next()?)?;
+    let day = days_from_civil(y, m, d);
+    match time {
+        None if scope_period.starts_with(TPD) => Some((day + 1) * 86_400_000_000),
+        Some(t) if scope_period.starts_with(TPM) => {
+            let (h, mi) = t.split_once(':')?;
+            let minute = day * 1440 + i64::from(num(h)?) * 60 + i64::from(num(mi)?);
+            Some((minute + 1) * 60_000_000)
+        }
+        _ => None,
+    }
 }
 
 /// Cost of `tokens` at `per_1k` millionths per 1,000, rounded up.
@@ -228,6 +279,23 @@ impl Ledger {
         self.settled.get(scope_period).copied().unwrap_or_default()
     }
 
+    /// Drops the windows of length `span` that ended before the latest one in use began:
+    /// no request is counted in them any more. (By the windows' own times, not the clock's,
+    /// so the fold stays a function of the log.)
+    fn drop_ended_windows(&mut self, i: usize, span: i64) {
+        let Some(latest) = self.windows[i].last().map(|w| w.0) else {
+            return;
+        };
+        while let Some((end, _)) = self.windows[i].first() {
+            if *end >= latest - span {
+                break;
+            }
+            if let Some((_, sp)) = self.windows[i].pop_first() {
+                self.settled.remove(&sp);
+            }
+        }
+    }
+
     fn settle(&mut self, request_id: &str, prompt: u64, completion: u64, at_us: i64) {
         let Some(h) = self.holds.remove(request_id) else {
             return;
@@ -238,15 +306,17 @@ impl Ledger {
         };
         for s in &h.scopes {
             self.settled.entry(s.clone()).or_default().add(amount);
+            if let Some(end) = window_end(s) {
+                let (i, span) = if s.starts_with(TPM) {
+                    (0, 60_000_000)
+                } else {
+                    (1, 86_400_000_000)
+                };
+                self.windows[i].insert((end, s.clone()));
+                self.drop_ended_windows(i, span);
+            }
         }
-        let day = Budget {
-            tokens: None,
-            cost_micros: None,
-            period: Period::Day,
-            offset_min: 0,
-        }
-        .period_at(at_us)
-        .0;
+        let day = day_at(at_us).0;
         let dash = || "-".to_owned();
         let row = self
             .usage
@@ -264,7 +334,7 @@ impl Ledger {
     }
 }
 
-const LEDGER_FORMAT: &[u8] = b"ledger/1\n";
+const LEDGER_FORMAT: &[u8] = b"ledger/2\n";
 
 impl Projection for Ledger {
     fn name(&self) -> &str {
@@ -367,7 +437,7 @@ impl Projection for Ledger {
     fn decode(&self, bytes: &[u8]) -> Result<Self, String> {
         let body = bytes
             .strip_prefix(LEDGER_FORMAT)
-            .ok_or("not ledger/1 state")?;
+            .ok_or("not ledger/2 state")?;
         serde_json::from_slice(body).map_err(|e| e.to_string())
     }
 }
@@ -408,6 +478,17 @@ mod tests {
         assert_eq!(parse_offset("Asia/Riyadh"), None);
         assert_eq!(format_offset(240), "+04:00");
         assert_eq!(cost(1, 1), 1, "rounded up");
+        let (m, end) = minute_at(t);
+        assert_eq!((m.as_str(), end), ("2026-12-01T22:30", t + 60_000_000));
+        assert_eq!(window_end(&format!("{TPM}key:k@{m}")), Some(end));
+        let (d, end) = day_at(t);
+        assert_eq!(d, "2026-12-01");
+        assert_eq!(window_end(&format!("{TPD}team:t@{d}")), Some(end));
+        assert_eq!(
+            window_end("team:t@2026-12-01"),
+            None,
+            "a budget, not a window"
+        );
         assert_eq!(cost(2000, 300), 600);
     }
 }

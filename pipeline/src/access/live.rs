@@ -5,12 +5,14 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 use isnad_journal::Journal;
-use isnad_schemas::{KeyCreatedV2, KeyRevoked, KeyRotated, NewEvent, TeamCreated, TeamUpdated};
+use isnad_schemas::{
+    KeyCreatedV2, KeyRevoked, KeyRotated, LimitsSet, NewEvent, TeamCreated, TeamUpdated,
+};
 use parking_lot::{Mutex, RwLock};
 
 use super::{
-    key_hash_tag, sha256, state::CONFIG_ID_PREFIX, token, AccessState, Denied, KeyRecord,
-    Principal, Role, Team,
+    key_hash_tag, limits::Limits, sha256, state::CONFIG_ID_PREFIX, token, AccessState, Denied,
+    KeyRecord, Principal, Role, Team,
 };
 
 /// Longest team id, label or reason accepted.
@@ -573,6 +575,55 @@ impl Access {
         };
         self.commit(vec![ev]).await?;
         self.key(by, id)
+    }
+
+    /// Sets the rate limits of team `team:<id>` (admin only; token limits only) or key
+    /// `key:<id>` (admin, or an operator of its team), journaled with `by`; the next request is
+    /// held to them. Limits with nothing set remove them.
+    pub async fn set_limits(&self, by: &Principal, scope: &str, limits: Limits) -> Result<Limits> {
+        if limits.requests_per_minute == Some(0) || limits.burst == Some(0) {
+            return Err(invalid(
+                "requests_per_minute",
+                "at least 1 (leave it out for no limit)",
+            ));
+        }
+        if limits.burst.is_some() && limits.requests_per_minute.is_none() {
+            return Err(invalid("burst", "needs requests_per_minute"));
+        }
+        let team = if let Some(id) = scope.strip_prefix("team:") {
+            self.team(by, id)?;
+            if by.role != Role::Admin {
+                return Err(AccessError::Forbidden(
+                    "only an admin sets a team's limits".into(),
+                ));
+            }
+            if limits.requests_per_minute.is_some() {
+                return Err(invalid(
+                    "requests_per_minute",
+                    "request limits are per key and per address; a team has token limits",
+                ));
+            }
+            Some(id.to_owned())
+        } else if let Some(id) = scope.strip_prefix("key:") {
+            self.managed(by, id)?.team
+        } else {
+            return Err(invalid("scope", "`team:<id>` or `key:<id>`"));
+        };
+        let _w = self.write.lock().await;
+        let ev = NewEvent::new(&LimitsSet {
+            scope: scope.to_owned(),
+            requests_per_minute: limits.requests_per_minute,
+            burst: limits.burst,
+            tokens_per_minute: limits.tokens_per_minute,
+            tokens_per_day: limits.tokens_per_day,
+        })?
+        .actor(by.name.clone());
+        let ev = match team {
+            Some(t) => ev.team(t),
+            None => ev,
+        };
+        self.commit(vec![ev]).await?;
+        Ok(limits)
     }
 
     /// Key `id`, if `by` may change it.

@@ -17,6 +17,7 @@
 
 mod budgets;
 pub mod ledger;
+pub mod limits;
 mod live;
 mod state;
 pub mod token;
@@ -27,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Scope;
 
-pub use budgets::{Ask, BudgetOptions, Budgets, Exceeded, ReserveError, Standing};
+pub use budgets::{Ask, BudgetOptions, Budgets, Exceeded, ReserveError, Reserved, Standing};
+pub use limits::{LimitDefaults, Limited, Limits, RequestLimits, Window};
 pub use live::{now_us, replay, Access, AccessError, ConfigKey, KeyRequest, TeamRequest};
 pub use state::{AccessState, Denied, KeyRecord, Team, CONFIG_ID_PREFIX};
 
@@ -103,6 +105,10 @@ pub struct Principal {
     pub scope: Scope,
     /// Its team, if it has one.
     pub team: Option<String>,
+    /// Its key's own rate limits.
+    pub limits: Limits,
+    /// Its team's token limits.
+    pub team_limits: Limits,
 }
 
 impl Principal {
@@ -114,6 +120,8 @@ impl Principal {
             role: Role::Admin,
             scope: Scope::default(),
             team: None,
+            limits: Limits::default(),
+            team_limits: Limits::default(),
         })
     }
 

@@ -8,11 +8,12 @@ use std::{
 
 use ipnet::IpNet;
 use isnad_schemas::{
-    Event, KeyCreatedV2, KeyRevoked, KeyRotated, Payload, RequestReceived, TeamCreated, TeamUpdated,
+    Event, KeyCreatedV2, KeyRevoked, KeyRotated, LimitsSet, Payload, RequestReceived, TeamCreated,
+    TeamUpdated,
 };
 use serde::Serialize;
 
-use super::{same_hash, sha256, token, Principal, Role};
+use super::{limits::Limits, same_hash, sha256, token, Principal, Role};
 use crate::policy::Scope;
 
 /// Ids of keys from the configuration file start with this (then 12 hex digits of the key's
@@ -32,6 +33,8 @@ pub struct Team {
     pub created_by: Option<String>,
     /// When it last changed.
     pub updated_at_us: i64,
+    /// Its token limits (for all its keys together).
+    pub limits: Limits,
 }
 
 /// A key as access control knows it (never the key itself).
@@ -68,6 +71,8 @@ pub struct KeyRecord {
     pub rotated: Option<(String, i64)>,
     /// When a request last came with it (from the journal's `request.received` entries).
     pub last_used_us: Option<i64>,
+    /// Its own rate limits (the configured defaults fill the rest).
+    pub limits: Limits,
 }
 
 fn ser_hash<S: serde::Serializer>(h: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
@@ -108,7 +113,7 @@ impl KeyRecord {
         self.cidrs.is_empty() || addr.is_some_and(|a| self.cidrs.iter().any(|n| n.contains(&a)))
     }
 
-    fn principal(&self) -> Principal {
+    fn principal(&self, team_limits: Limits) -> Principal {
         Principal {
             name: if self.source == "config" {
                 self.label.clone()
@@ -122,6 +127,8 @@ impl KeyRecord {
                 local_only: self.local_only,
             },
             team: self.team.clone(),
+            limits: self.limits,
+            team_limits,
         }
     }
 }
@@ -198,6 +205,7 @@ impl AccessState {
                 | "key.created"
                 | "key.rotated"
                 | "key.revoked"
+                | "limits.set"
                 | "request.received"
         )
     }
@@ -217,6 +225,7 @@ impl AccessState {
                         created_at_us: at,
                         created_by: actor,
                         updated_at_us: at,
+                        limits: Limits::default(),
                     });
                 }
             }
@@ -245,6 +254,11 @@ impl AccessState {
                     if let Some(k) = self.keys.get_mut(&p.key_id) {
                         k.revoked.get_or_insert((at, actor, p.reason));
                     }
+                }
+            }
+            (LimitsSet::KIND, LimitsSet::VERSION) => {
+                if let Ok(p) = ev.payload_as::<LimitsSet>() {
+                    self.set_limits(&p);
                 }
             }
             (RequestReceived::KIND, _) => {
@@ -282,20 +296,64 @@ impl AccessState {
             revoked: None,
             rotated: None,
             last_used_us: None,
+            limits: Limits::default(),
         };
         // A config key journaled again (its entry changed) replaces the earlier record.
+        let mut record = record;
         if let Some(old) = self.keys.get(&record.id) {
             self.by_hash.remove(&old.sha256);
-            let name = old.principal().name;
+            let name = old.principal(Limits::default()).name;
             self.by_actor.remove(&name);
+            record.limits = old.limits;
         }
-        let principal = record.principal();
+        let principal = record.principal(self.team_limits(record.team.as_deref()));
         self.by_hash.insert(hash, record.id.clone());
         self.by_actor
             .insert(principal.name.clone(), record.id.clone());
         self.principals
             .insert(record.id.clone(), Arc::new(principal));
         self.keys.insert(record.id.clone(), record);
+    }
+
+    fn team_limits(&self, team: Option<&str>) -> Limits {
+        team.and_then(|t| self.teams.get(t))
+            .map(|t| t.limits)
+            .unwrap_or_default()
+    }
+
+    /// Folds `limits.set`: the scope's limits change, and so do the principals of its keys.
+    fn set_limits(&mut self, p: &LimitsSet) {
+        let limits = Limits {
+            requests_per_minute: p.requests_per_minute,
+            burst: p.burst,
+            tokens_per_minute: p.tokens_per_minute,
+            tokens_per_day: p.tokens_per_day,
+        };
+        let affected: Vec<String> = if let Some(id) = p.scope.strip_prefix("key:") {
+            let Some(k) = self.keys.get_mut(id) else {
+                return;
+            };
+            k.limits = limits;
+            vec![id.to_owned()]
+        } else if let Some(id) = p.scope.strip_prefix("team:") {
+            let Some(t) = self.teams.get_mut(id) else {
+                return;
+            };
+            t.limits = limits;
+            self.keys
+                .values()
+                .filter(|k| k.team.as_deref() == Some(id))
+                .map(|k| k.id.clone())
+                .collect()
+        } else {
+            return;
+        };
+        for id in affected {
+            if let Some(k) = self.keys.get(&id) {
+                let principal = k.principal(self.team_limits(k.team.as_deref()));
+                self.principals.insert(id, Arc::new(principal));
+            }
+        }
     }
 
     /// The principal of `token`, presented from `addr` at `now_us`, or why it is refused.

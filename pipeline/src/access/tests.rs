@@ -41,6 +41,8 @@ fn operator_of(team: &str) -> Principal {
         role: Role::Operator,
         scope: Default::default(),
         team: Some(team.into()),
+        limits: Default::default(),
+        team_limits: Default::default(),
     }
 }
 

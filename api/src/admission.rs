@@ -188,6 +188,7 @@ pub fn admit(
             Err(l) => return Err(limited(l)),
         }
     }
+    rate.admitted_as(&principal.name);
     Ok((principal, source))
 }
 
@@ -213,6 +214,7 @@ where
             Some(ClientIdentity(id)) => format!("cert:{id}"),
             None => principal.name.clone(),
         };
+        rate.admitted_as(&actor);
         Ok(Self {
             principal,
             actor,

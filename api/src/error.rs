@@ -369,10 +369,23 @@ impl From<isnad_pipeline::Error> for ApiError {
     }
 }
 
+/// The code and message of an error response, on the response, for layers that journal it.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    /// The error code.
+    pub code: &'static str,
+    /// What the client was told.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut resp = (status, Json(self.body())).into_response();
+        resp.extensions_mut().insert(Refused {
+            code: self.code(),
+            message: self.to_string(),
+        });
         let headers = resp.headers_mut();
         if let Some(s) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));

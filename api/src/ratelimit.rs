@@ -23,20 +23,37 @@ use axum::{
 use isnad_pipeline::access::Window;
 use parking_lot::Mutex;
 
-/// Where the limits of one request stand, filled while it is served.
+/// What admission learned about one request, filled while it is served: where its limits
+/// stand (for the headers) and who sent it (for the journal, should it be refused later).
 #[derive(Clone, Default)]
-pub struct RateSlot(Arc<Mutex<Vec<Window>>>);
+pub struct RateSlot(Arc<Mutex<Learned>>);
+
+#[derive(Default)]
+struct Learned {
+    windows: Vec<Window>,
+    actor: Option<String>,
+}
 
 impl RateSlot {
     /// Notes a limit's standing (a later report of the same policy replaces an earlier one).
     pub fn report(&self, w: Window) {
-        let mut v = self.0.lock();
+        let v = &mut self.0.lock().windows;
         v.retain(|o| o.policy != w.policy);
         v.push(w);
     }
 
+    /// Notes the actor the request was admitted as.
+    pub fn admitted_as(&self, actor: &str) {
+        self.0.lock().actor = Some(actor.to_owned());
+    }
+
+    /// The actor the request was admitted as, if it was.
+    pub fn actor(&self) -> Option<String> {
+        self.0.lock().actor.clone()
+    }
+
     fn take(&self) -> Vec<Window> {
-        std::mem::take(&mut *self.0.lock())
+        std::mem::take(&mut self.0.lock().windows)
     }
 }
 

@@ -142,13 +142,21 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_auditor,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            journal_refusals,
         ));
+    let admin = crate::admin::routes().layer(middleware::from_fn_with_state(
+        state.clone(),
+        journal_refusals,
+    ));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
-        .merge(crate::admin::routes())
+        .merge(admin)
         .merge(openai)
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(middleware::from_fn(crate::ratelimit::layer))
@@ -194,6 +202,45 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .render(&state.journal, state.gateway.bus.attachments_in_flight());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Journals the refusal of an admitted request to the admin or activity API (`request.rejected`
+/// with its actor, method and path), durably, before answering it. Refusals before admission
+/// are counted in the summaries instead; the gateway journals its own in the request's group.
+async fn journal_refusals(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let endpoint = format!("{} {}", req.method(), req.uri().path());
+    let rate = req
+        .extensions()
+        .get::<crate::ratelimit::RateSlot>()
+        .cloned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (Some(actor), Some(refused)) = (
+        rate.and_then(|r| r.actor()),
+        resp.extensions().get::<crate::error::Refused>().cloned(),
+    ) else {
+        return resp;
+    };
+    let ev = NewEvent::new(&isnad_schemas::RequestRejected {
+        endpoint,
+        status: status.as_u16(),
+        code: refused.code.into(),
+        message: refused.message,
+    })
+    .map(|e| e.actor(actor));
+    match ev {
+        Ok(ev) => match state.journal.append_one(ev).await {
+            Ok(_) => resp,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot journal a refusal");
+                ApiError::from(e).into_response()
+            }
+        },
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
 }
 
 /// The activity journal is for the `admin` and `auditor` roles.

@@ -41,6 +41,7 @@ fn clock() -> i64 {
 struct Env {
     app: Router,
     journal: Journal,
+    unadmitted: Arc<isnad_api::admission::Unadmitted>,
     _dir: tempfile::TempDir,
 }
 
@@ -73,6 +74,7 @@ team = "finance"
     let credentials = Arc::new(Credentials::with_access(admin, Arc::new(access)));
     let state = AppState::new(&config, journal.clone(), registry, credentials).unwrap();
     Env {
+        unadmitted: state.gateway.unadmitted.clone(),
         app: app(state),
         journal,
         _dir: dir,
@@ -461,6 +463,10 @@ async fn authorization_matrix() {
         _ => "member",
     };
     let mut failures = Vec::new();
+    let journaled_from = env.journal.len();
+    env.unadmitted.drain();
+    let mut want_journaled = 0;
+    let mut want_summarised = 0;
     for (cred, key) in &creds {
         for (name, method, path, body) in &endpoints {
             let want: (u16, &str) = before(cred).unwrap_or_else(|| match (*name, role(cred)) {
@@ -481,6 +487,11 @@ async fn authorization_matrix() {
                 ("create key", _) => (403, "permission_denied"),
                 _ => unreachable!(),
             });
+            if before(cred).is_some() {
+                want_summarised += 1;
+            } else if want.0 >= 400 {
+                want_journaled += 1;
+            }
             let a = call(&env, method.clone(), path, *key, body.clone()).await;
             let got = (a.status.as_u16(), a.code().to_owned());
             if got != (want.0, want.1.to_owned()) {
@@ -492,6 +503,27 @@ async fn authorization_matrix() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Every refusal of an admitted request is journaled with its actor; those refused before
+    // admission are counted for the per-address summaries.
+    let len = env.journal.len();
+    let rejected: Vec<_> = env
+        .journal
+        .range(journaled_from, len)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.kind == "request.rejected")
+        .collect();
+    assert_eq!(rejected.len(), want_journaled, "journaled refusals");
+    assert!(rejected.iter().all(|e| e.event.actor.is_some()));
+    assert!(
+        rejected
+            .iter()
+            .filter_map(|e| e.event.payload_as::<isnad_schemas::RequestRejected>().ok())
+            .any(|p| p.endpoint == "POST /v1/keys" && p.code == "permission_denied"),
+        "an admin-API refusal names its method and path"
+    );
+    let summarised: u64 = env.unadmitted.drain().iter().map(|s| s.count).sum();
+    assert_eq!(summarised, want_summarised, "refusals before admission");
 
     // From inside its allowlist the fenced key works.
     let inside = call_from(

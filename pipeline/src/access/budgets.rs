@@ -9,7 +9,11 @@
 //! concurrent requests cannot all see the same remaining budget, which is the
 //! check-then-increment race of gateways that read a counter and increment it later.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use isnad_journal::Journal;
 use isnad_schemas::{BudgetReserved, BudgetSet, BudgetThresholdCrossedV2, BudgetVoided, NewEvent};
@@ -17,8 +21,8 @@ use parking_lot::Mutex;
 
 use super::{
     ledger::{
-        cost, day_at, format_offset, minute_at, parse_offset, Amount, Budget, Hold, Ledger, Period,
-        THRESHOLDS, TPD, TPM,
+        cost, day_at, format_offset, minute_at, parse_offset, release, Amount, Budget, Hold,
+        Ledger, Period, THRESHOLDS, TPD, TPM,
     },
     limits::{Limited, Limits, Window},
     live::now_us,
@@ -137,11 +141,73 @@ pub struct Standing {
     pub resets_at_us: i64,
 }
 
+/// The holds this process issued that the ledger has not folded yet, with their sums per
+/// `scope@period`.
+#[derive(Default)]
+struct Overlay {
+    /// Hold and, once sequenced, its seq, by request id.
+    holds: HashMap<String, (Hold, Option<u64>)>,
+    /// Request ids by seq, so that the folded ones leave in order.
+    sequenced: BTreeMap<u64, String>,
+    /// What the holds hold, by `scope@period`.
+    by_scope: BTreeMap<String, Amount>,
+}
+
+impl Overlay {
+    fn insert(&mut self, id: String, h: Hold) {
+        for s in &h.scopes {
+            self.by_scope.entry(s.clone()).or_default().add(h.amount);
+        }
+        if let Some((old, seq)) = self.holds.insert(id, (h, None)) {
+            release(&mut self.by_scope, &old);
+            if let Some(seq) = seq {
+                self.sequenced.remove(&seq);
+            }
+        }
+    }
+
+    fn sequenced(&mut self, id: &str, seq: u64) {
+        if let Some(e) = self.holds.get_mut(id) {
+            if let Some(old) = e.1.replace(seq) {
+                self.sequenced.remove(&old);
+            }
+            self.sequenced.insert(seq, id.to_owned());
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some((h, seq)) = self.holds.remove(id) {
+            release(&mut self.by_scope, &h);
+            if let Some(seq) = seq {
+                self.sequenced.remove(&seq);
+            }
+        }
+    }
+
+    /// Drops the holds the ledger has folded: those sequenced below `folded`.
+    fn prune(&mut self, folded: u64) {
+        while let Some((&seq, _)) = self.sequenced.first_key_value() {
+            if seq >= folded {
+                break;
+            }
+            if let Some((_, id)) = self.sequenced.pop_first() {
+                if let Some((h, _)) = self.holds.remove(&id) {
+                    release(&mut self.by_scope, &h);
+                }
+            }
+        }
+    }
+
+    fn held(&self, sp: &str) -> Amount {
+        self.by_scope.get(sp).copied().unwrap_or_default()
+    }
+}
+
 /// Budgets and holds, live.
 pub struct Budgets {
     ledger: ProjectionHandle<Ledger>,
     /// Holds issued, with their seq once sequenced, that the ledger may not have folded.
-    overlay: Mutex<HashMap<String, (Hold, Option<u64>)>>,
+    overlay: Mutex<Overlay>,
     journal: Journal,
     bus: Bus,
     opts: BudgetOptions,
@@ -156,7 +222,7 @@ impl Budgets {
         let ledger = runner.project(Ledger::default())?;
         Ok(Self {
             ledger,
-            overlay: Mutex::new(HashMap::new()),
+            overlay: Mutex::new(Overlay::default()),
             journal: bus.journal().clone(),
             bus,
             opts,
@@ -233,20 +299,10 @@ impl Budgets {
     }
 
     /// What `l` and the unfolded holds of `overlay` count against `sp`: settled plus held.
-    fn used(
-        l: &Ledger,
-        overlay: &HashMap<String, (Hold, Option<u64>)>,
-        folded: u64,
-        sp: &str,
-    ) -> Amount {
+    fn used(l: &Ledger, overlay: &Overlay, sp: &str) -> Amount {
         let mut used = l.spent(sp);
         used.add(l.held(sp));
-        for (id, (h, seq)) in overlay {
-            let unfolded = seq.is_none_or(|s| s >= folded);
-            if unfolded && !l.holds.contains_key(id) && h.scopes.iter().any(|s| s == sp) {
-                used.add(h.amount);
-            }
-        }
+        used.add(overlay.held(sp));
         used
     }
 
@@ -261,16 +317,16 @@ impl Budgets {
         if windows.is_empty() {
             return Vec::new();
         }
-        let overlay = self.overlay.lock();
+        let mut overlay = self.overlay.lock();
         let mut out: Vec<Window> = self.ledger.read(|l| {
-            let folded = self.ledger.next_seq();
+            overlay.prune(self.ledger.next_seq());
             windows
                 .into_iter()
                 .map(|(sp, cap, window_s, end, policy)| Window {
                     policy,
                     unit: "tokens",
                     limit: cap,
-                    remaining: cap.saturating_sub(Self::used(l, &overlay, folded, &sp).tokens),
+                    remaining: cap.saturating_sub(Self::used(l, &overlay, &sp).tokens),
                     window_s,
                     reset_ms: u64::try_from(end.saturating_sub(now) / 1000).unwrap_or(0),
                 })
@@ -303,10 +359,9 @@ impl Budgets {
         let mut held_scopes = Vec::new();
         let mut tightest: Option<Window> = None;
         self.ledger.read(|l| -> Result<(), ReserveError> {
-            let folded = self.ledger.next_seq();
-            overlay.retain(|_, (_, seq)| seq.is_none_or(|s| s >= folded));
+            overlay.prune(self.ledger.next_seq());
             for (sp, cap, window_s, end, policy) in windows {
-                let used = Self::used(l, &overlay, folded, &sp).tokens;
+                let used = Self::used(l, &overlay, &sp).tokens;
                 let available = cap.saturating_sub(used);
                 let reset_ms = u64::try_from(end.saturating_sub(now) / 1000).unwrap_or(0);
                 let window = Window {
@@ -344,7 +399,7 @@ impl Budgets {
                 };
                 let (period, resets_at_us) = b.period_at(now);
                 let sp = format!("{scope}@{period}");
-                let used = Self::used(l, &overlay, folded, &sp);
+                let used = Self::used(l, &overlay, &sp);
                 let over = |unit, limit: Option<u64>, used: u64, needed: u64| {
                     limit.and_then(|limit| {
                         let available = limit.saturating_sub(used);
@@ -385,21 +440,18 @@ impl Budgets {
         let event = NewEvent::new(&payload).map_err(ReserveError::Encode)?;
         overlay.insert(
             ask.request_id.to_owned(),
-            (
-                Hold {
-                    scopes: held_scopes,
-                    amount: need,
-                    team: ask.team.map(str::to_owned),
-                    key_id: ask.key_id.map(str::to_owned),
-                    model: ask.model.id.to_owned(),
-                    prices: (
-                        ask.model.price_in_micros_per_1k,
-                        ask.model.price_out_micros_per_1k,
-                    ),
-                    at_us: now,
-                },
-                None,
-            ),
+            Hold {
+                scopes: held_scopes,
+                amount: need,
+                team: ask.team.map(str::to_owned),
+                key_id: ask.key_id.map(str::to_owned),
+                model: ask.model.id.to_owned(),
+                prices: (
+                    ask.model.price_in_micros_per_1k,
+                    ask.model.price_out_micros_per_1k,
+                ),
+                at_us: now,
+            },
         );
         Ok(Reserved {
             event,
@@ -409,9 +461,7 @@ impl Budgets {
 
     /// The hold of `request_id` was sequenced at `seq`.
     pub fn sequenced(&self, request_id: &str, seq: u64) {
-        if let Some(e) = self.overlay.lock().get_mut(request_id) {
-            e.1 = Some(seq);
-        }
+        self.overlay.lock().sequenced(request_id, seq);
     }
 
     /// The hold of `request_id` never reached the journal.
@@ -422,9 +472,9 @@ impl Budgets {
     /// Where the budgets of a team and a key stand now.
     pub fn standing(&self, team: Option<&str>, key_id: Option<&str>) -> Vec<Standing> {
         let now = (self.clock)();
-        let overlay = self.overlay.lock();
+        let mut overlay = self.overlay.lock();
         self.ledger.read(|l| {
-            let folded = self.ledger.next_seq();
+            overlay.prune(self.ledger.next_seq());
             Self::scopes(team, key_id)
                 .into_iter()
                 .filter_map(|scope| {
@@ -432,7 +482,7 @@ impl Budgets {
                     let (current, resets_at_us) = b.period_at(now);
                     let sp = format!("{scope}@{current}");
                     let spent = l.spent(&sp);
-                    let used = Self::used(l, &overlay, folded, &sp);
+                    let used = Self::used(l, &overlay, &sp);
                     let held = Amount {
                         tokens: used.tokens - spent.tokens,
                         cost_micros: used.cost_micros - spent.cost_micros,

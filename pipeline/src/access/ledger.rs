@@ -154,6 +154,29 @@ impl Amount {
         self.tokens = self.tokens.saturating_add(o.tokens);
         self.cost_micros = self.cost_micros.saturating_add(o.cost_micros);
     }
+
+    /// Takes `o` away, saturating.
+    pub fn sub(&mut self, o: Amount) {
+        self.tokens = self.tokens.saturating_sub(o.tokens);
+        self.cost_micros = self.cost_micros.saturating_sub(o.cost_micros);
+    }
+
+    /// Whether it is nothing.
+    pub fn is_zero(self) -> bool {
+        self == Self::default()
+    }
+}
+
+/// Takes hold `h` out of the per-scope sums `held_by`.
+pub fn release(held_by: &mut BTreeMap<String, Amount>, h: &Hold) {
+    for s in &h.scopes {
+        if let Some(a) = held_by.get_mut(s) {
+            a.sub(h.amount);
+            if a.is_zero() {
+                held_by.remove(s);
+            }
+        }
+    }
 }
 
 /// An open hold.
@@ -204,6 +227,9 @@ pub struct Ledger {
     pub crossed: BTreeSet<(String, String, u8)>,
     /// Usage by (UTC day, team, key, model); `-` where there is none.
     pub usage: BTreeMap<UsageKey, Usage>,
+    /// What the open holds hold, by `scope@period` (the sum of [`Ledger::holds`] per scope, kept
+    /// as they open and close so that a check does not walk every hold).
+    pub held_by: BTreeMap<String, Amount>,
     /// Token windows (`tpm:…`, `tpd:…` in [`Ledger::settled`]) by when they end, per length
     /// (minute, day), so that ended ones are dropped once a later window is in use.
     pub windows: [BTreeSet<(i64, String)>; 2],
@@ -265,13 +291,22 @@ pub fn cost(tokens: u64, per_1k: u64) -> u64 {
 impl Ledger {
     /// Held against `scope_period` by the open holds.
     pub fn held(&self, scope_period: &str) -> Amount {
-        let mut a = Amount::default();
-        for h in self.holds.values() {
-            if h.scopes.iter().any(|s| s == scope_period) {
-                a.add(h.amount);
-            }
+        self.held_by.get(scope_period).copied().unwrap_or_default()
+    }
+
+    fn open_hold(&mut self, id: String, h: Hold) {
+        for s in &h.scopes {
+            self.held_by.entry(s.clone()).or_default().add(h.amount);
         }
-        a
+        if let Some(old) = self.holds.insert(id, h) {
+            release(&mut self.held_by, &old);
+        }
+    }
+
+    fn close_hold(&mut self, id: &str) -> Option<Hold> {
+        let h = self.holds.remove(id)?;
+        release(&mut self.held_by, &h);
+        Some(h)
     }
 
     /// Settled against `scope_period`.
@@ -297,7 +332,7 @@ impl Ledger {
     }
 
     fn settle(&mut self, request_id: &str, prompt: u64, completion: u64, at_us: i64) {
-        let Some(h) = self.holds.remove(request_id) else {
+        let Some(h) = self.close_hold(request_id) else {
             return;
         };
         let amount = Amount {
@@ -383,7 +418,7 @@ impl Projection for Ledger {
             }
             BudgetReserved::KIND => {
                 if let Ok(p) = ev.payload_as::<BudgetReserved>() {
-                    self.holds.insert(
+                    self.open_hold(
                         p.hold_id,
                         Hold {
                             scopes: p.scopes,
@@ -402,7 +437,7 @@ impl Projection for Ledger {
             }
             BudgetVoided::KIND => {
                 if let Ok(p) = ev.payload_as::<BudgetVoided>() {
-                    self.holds.remove(&p.hold_id);
+                    self.close_hold(&p.hold_id);
                 }
             }
             BudgetThresholdCrossedV2::KIND => {
@@ -421,7 +456,7 @@ impl Projection for Ledger {
             }
             RequestRejected::KIND => {
                 if let Some(id) = &ev.request_id {
-                    self.holds.remove(id);
+                    self.close_hold(id);
                 }
             }
             _ => {}

@@ -362,54 +362,73 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(f: F) -> anyho
         .block_on(f)
 }
 
-/// `isnad teams …`
-pub fn teams(remote: Remote, cmd: TeamsCommand) -> anyhow::Result<i32> {
-    use reqwest::Method as M;
+/// One admin API call.
+struct Req {
+    method: reqwest::Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Value>,
+}
+
+impl Req {
+    fn new(method: reqwest::Method, path: impl Into<String>, body: Option<Value>) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body,
+        }
+    }
+}
+
+/// Sends `req` and prints the answer (lists in columns `cols`).
+fn send(remote: Remote, req: Req, cols: &[&str]) -> anyhow::Result<i32> {
     let json_out = remote.json;
     let c = Client::new(remote)?;
     block_on(async move {
-        let v = match &cmd {
-            TeamsCommand::List => c.call(M::GET, "/v1/teams", &[], None).await?,
-            TeamsCommand::Create { id, name } => {
-                let body = json!({"id": id, "name": name});
-                c.call(M::POST, "/v1/teams", &[], Some(body)).await?
-            }
-            TeamsCommand::Show { id } => {
-                c.call(M::GET, &format!("/v1/teams/{id}"), &[], None)
-                    .await?
-            }
-            TeamsCommand::Rename { id, name } => {
-                let body = json!({ "name": name });
-                c.call(M::PATCH, &format!("/v1/teams/{id}"), &[], Some(body))
-                    .await?
-            }
-            TeamsCommand::Budget { id, caps } => {
-                let path = format!("/v1/teams/{id}/budget");
-                c.call(M::PUT, &path, &[], Some(caps_body(caps))).await?
-            }
-            TeamsCommand::Limits { id, limits } => {
-                let path = format!("/v1/teams/{id}/limits");
-                c.call(M::PUT, &path, &[], Some(limits_body(limits)))
-                    .await?
-            }
-        };
-        print(&v, json_out, TEAM_COLS)?;
+        let v = c.call(req.method, &req.path, &req.query, req.body).await?;
+        print(&v, json_out, cols)?;
         Ok(0)
     })
 }
 
-/// `isnad keys …`
-pub fn keys(remote: Remote, cmd: KeysCommand) -> anyhow::Result<i32> {
-    use reqwest::Method as M;
-    let json_out = remote.json;
-    let c = Client::new(remote)?;
-    block_on(async move {
-        let v = match &cmd {
-            KeysCommand::List { team } => {
-                let q: Vec<(&str, String)> = team.iter().map(|t| ("team", t.clone())).collect();
-                c.call(M::GET, "/v1/keys", &q, None).await?
+impl TeamsCommand {
+    fn request(&self) -> Req {
+        use reqwest::Method as M;
+        match self {
+            Self::List => Req::new(M::GET, "/v1/teams", None),
+            Self::Create { id, name } => {
+                Req::new(M::POST, "/v1/teams", Some(json!({"id": id, "name": name})))
             }
-            KeysCommand::Create {
+            Self::Show { id } => Req::new(M::GET, format!("/v1/teams/{id}"), None),
+            Self::Rename { id, name } => Req::new(
+                M::PATCH,
+                format!("/v1/teams/{id}"),
+                Some(json!({ "name": name })),
+            ),
+            Self::Budget { id, caps } => Req::new(
+                M::PUT,
+                format!("/v1/teams/{id}/budget"),
+                Some(caps_body(caps)),
+            ),
+            Self::Limits { id, limits } => Req::new(
+                M::PUT,
+                format!("/v1/teams/{id}/limits"),
+                Some(limits_body(limits)),
+            ),
+        }
+    }
+}
+
+impl KeysCommand {
+    fn request(&self) -> Req {
+        use reqwest::Method as M;
+        match self {
+            Self::List { team } => Req {
+                query: team.iter().map(|t| ("team", t.clone())).collect(),
+                ..Req::new(M::GET, "/v1/keys", None)
+            },
+            Self::Create {
                 label,
                 team,
                 role,
@@ -417,8 +436,10 @@ pub fn keys(remote: Remote, cmd: KeysCommand) -> anyhow::Result<i32> {
                 residency,
                 expires_in_s,
                 cidrs,
-            } => {
-                let body = json!({
+            } => Req::new(
+                M::POST,
+                "/v1/keys",
+                Some(json!({
                     "label": label,
                     "team": team,
                     "role": role,
@@ -426,46 +447,48 @@ pub fn keys(remote: Remote, cmd: KeysCommand) -> anyhow::Result<i32> {
                     "residency": residency,
                     "expires_in_s": expires_in_s,
                     "cidrs": cidrs,
-                });
-                c.call(M::POST, "/v1/keys", &[], Some(body)).await?
-            }
-            KeysCommand::Show { id } => {
-                c.call(M::GET, &format!("/v1/keys/{id}"), &[], None).await?
-            }
-            KeysCommand::Rotate { id, grace_seconds } => {
-                let body = json!({ "grace_seconds": grace_seconds });
-                c.call(M::POST, &format!("/v1/keys/{id}/rotate"), &[], Some(body))
-                    .await?
-            }
-            KeysCommand::Revoke { id, reason } => {
-                let body = json!({ "reason": reason });
-                c.call(M::DELETE, &format!("/v1/keys/{id}"), &[], Some(body))
-                    .await?
-            }
-            KeysCommand::Budget { id, caps } => {
-                let path = format!("/v1/keys/{id}/budget");
-                c.call(M::PUT, &path, &[], Some(caps_body(caps))).await?
-            }
-            KeysCommand::Limits { id, limits } => {
-                let path = format!("/v1/keys/{id}/limits");
-                c.call(M::PUT, &path, &[], Some(limits_body(limits)))
-                    .await?
-            }
-        };
-        print(&v, json_out, KEY_COLS)?;
-        Ok(0)
-    })
+                })),
+            ),
+            Self::Show { id } => Req::new(M::GET, format!("/v1/keys/{id}"), None),
+            Self::Rotate { id, grace_seconds } => Req::new(
+                M::POST,
+                format!("/v1/keys/{id}/rotate"),
+                Some(json!({ "grace_seconds": grace_seconds })),
+            ),
+            Self::Revoke { id, reason } => Req::new(
+                M::DELETE,
+                format!("/v1/keys/{id}"),
+                Some(json!({ "reason": reason })),
+            ),
+            Self::Budget { id, caps } => Req::new(
+                M::PUT,
+                format!("/v1/keys/{id}/budget"),
+                Some(caps_body(caps)),
+            ),
+            Self::Limits { id, limits } => Req::new(
+                M::PUT,
+                format!("/v1/keys/{id}/limits"),
+                Some(limits_body(limits)),
+            ),
+        }
+    }
+}
+
+/// `isnad teams …`
+pub fn teams(remote: Remote, cmd: TeamsCommand) -> anyhow::Result<i32> {
+    send(remote, cmd.request(), TEAM_COLS)
+}
+
+/// `isnad keys …`
+pub fn keys(remote: Remote, cmd: KeysCommand) -> anyhow::Result<i32> {
+    send(remote, cmd.request(), KEY_COLS)
 }
 
 /// `isnad usage`
 pub fn usage(remote: Remote, args: UsageArgs) -> anyhow::Result<i32> {
-    let json_out = remote.json;
-    let c = Client::new(remote)?;
-    block_on(async move {
-        let v = c
-            .call(reqwest::Method::GET, "/v1/usage", &args.query(), None)
-            .await?;
-        print(&v, json_out, USAGE_COLS)?;
-        Ok(0)
-    })
+    let req = Req {
+        query: args.query(),
+        ..Req::new(reqwest::Method::GET, "/v1/usage", None)
+    };
+    send(remote, req, USAGE_COLS)
 }

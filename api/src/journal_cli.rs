@@ -348,6 +348,32 @@ pub enum TailSource {
     Export(PathBuf),
 }
 
+/// Calls `f` with every entry in `[from, to)` of `store`, in order; stops at the first entry
+/// that does not decode, and says which.
+fn each_entry(
+    store: &dyn LogStore,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(Entry),
+) -> anyhow::Result<()> {
+    let mut err = None;
+    store.scan(
+        from,
+        to,
+        &mut |seq, bytes| match Entry::from_stored(seq, bytes) {
+            Ok(e) => {
+                f(e);
+                true
+            }
+            Err(reason) => {
+                err = Some(anyhow::anyhow!("entry {seq}: {reason}"));
+                false
+            }
+        },
+    )?;
+    err.map_or(Ok(()), Err)
+}
+
 /// `journal tail`: the last entries (or from a seq), optionally one kind.
 pub fn tail(
     source: TailSource,
@@ -362,24 +388,7 @@ pub fn tail(
             let store = open_store(&dir)?;
             let total = store.next_seq()?;
             let start = from.unwrap_or_else(|| total.saturating_sub(count));
-            let mut err = None;
-            store.scan(
-                start,
-                total,
-                &mut |seq, bytes| match Entry::from_stored(seq, bytes) {
-                    Ok(e) => {
-                        entries.push(e);
-                        true
-                    }
-                    Err(reason) => {
-                        err = Some(anyhow::anyhow!("entry {seq}: {reason}"));
-                        false
-                    }
-                },
-            )?;
-            if let Some(e) = err {
-                return Err(e);
-            }
+            each_entry(&*store, start, total, |e| entries.push(e))?;
         }
         TailSource::Export(file) => {
             for line in open_input(&file)?.lines().skip(1) {
@@ -432,29 +441,14 @@ pub fn replay(
     let total = store.next_seq()?;
     let mut access = AccessState::default();
     let mut ledger = Ledger::default();
-    let mut err = None;
-    store.scan(
-        0,
-        total,
-        &mut |seq, bytes| match Entry::from_stored(seq, bytes) {
-            Ok(e) => {
-                if AccessState::wants(&e.event.kind) {
-                    access.apply(&e.event);
-                }
-                if ledger.wants(&e) {
-                    ledger.apply(&e);
-                }
-                true
-            }
-            Err(reason) => {
-                err = Some(anyhow::anyhow!("entry {seq}: {reason}"));
-                false
-            }
-        },
-    )?;
-    if let Some(e) = err {
-        return Err(e);
-    }
+    each_entry(&*store, 0, total, |e| {
+        if AccessState::wants(&e.event.kind) {
+            access.apply(&e.event);
+        }
+        if ledger.wants(&e) {
+            ledger.apply(&e);
+        }
+    })?;
     let by_day = match usage.group_by.as_deref() {
         None | Some("total") => false,
         Some("day") => true,

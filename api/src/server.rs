@@ -145,7 +145,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            journal_refusals,
+            journal_forbidden,
         ));
     let admin = crate::admin::routes().layer(middleware::from_fn_with_state(
         state.clone(),
@@ -204,10 +204,26 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// Journals the refusal of an admitted request to the admin or activity API (`request.rejected`
-/// with its actor, method and path), durably, before answering it. Refusals before admission
-/// are counted in the summaries instead; the gateway journals its own in the request's group.
+/// Journals every refusal of an admitted request to the admin API (`request.rejected` with its
+/// actor, method and path), durably, before answering it: a denied change, and a probe of
+/// another team's keys, are what a security review looks for. Refusals before admission are
+/// counted in the summaries instead; the gateway journals its own in the request's group.
 async fn journal_refusals(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    journal_refusal(&state, req, next, |_| true).await
+}
+
+/// Journals the 403s of admitted requests to the activity API. An auditor's malformed query
+/// is not written to the log it reads.
+async fn journal_forbidden(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    journal_refusal(&state, req, next, |s| s == StatusCode::FORBIDDEN).await
+}
+
+async fn journal_refusal(
+    state: &AppState,
+    req: Request,
+    next: Next,
+    wanted: fn(StatusCode) -> bool,
+) -> Response {
     let endpoint = format!("{} {}", req.method(), req.uri().path());
     let rate = req
         .extensions()
@@ -215,7 +231,7 @@ async fn journal_refusals(State(state): State<AppState>, req: Request, next: Nex
         .cloned();
     let resp = next.run(req).await;
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error()) || !wanted(status) {
         return resp;
     }
     let (Some(actor), Some(refused)) = (

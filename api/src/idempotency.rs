@@ -71,15 +71,26 @@ pub enum Begin {
     Answer(Response),
 }
 
-/// A request that runs under an `Idempotency-Key`.
+/// A request that runs under an `Idempotency-Key`. Dropped without
+/// [`Idempotency::finish`] (the client went away first), its key is forgotten, so that a retry
+/// runs rather than meeting a 409 for the rest of the window.
 pub struct Ticket {
-    id: Id,
+    id: Option<Id>,
+    store: Arc<Idempotency>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.store.forget(&id);
+        }
+    }
 }
 
 impl Idempotency {
     /// Looks at the request's `Idempotency-Key`: `None` when it has none.
     pub fn begin(
-        &self,
+        self: &Arc<Self>,
         principal: &str,
         endpoint: &'static str,
         headers: &HeaderMap,
@@ -102,7 +113,10 @@ impl Idempotency {
         let mut g = self.inner.lock();
         let (map, order) = &mut *g;
         while let Some((at, _)) = order.front() {
-            if now.duration_since(*at) < WINDOW && map.len() < MAX_ENTRIES {
+            // Old ones go, and the oldest when full; `order` also holds the ids of outcomes
+            // already forgotten, so it is bounded on its own too.
+            let fresh = now.duration_since(*at) < WINDOW;
+            if fresh && map.len() < MAX_ENTRIES && order.len() <= 2 * MAX_ENTRIES {
                 break;
             }
             if let Some((at, old)) = order.pop_front() {
@@ -150,15 +164,21 @@ impl Idempotency {
             },
         );
         order.push_back((now, id.clone()));
-        Some(Begin::Run(Ticket { id }))
+        Some(Begin::Run(Ticket {
+            id: Some(id),
+            store: self.clone(),
+        }))
     }
 
     /// Keeps `resp`'s outcome for the ticket's retries as its body goes out.
-    pub fn finish(self: &Arc<Self>, ticket: Ticket, resp: Response) -> Response {
+    pub fn finish(self: &Arc<Self>, mut ticket: Ticket, resp: Response) -> Response {
+        let Some(id) = ticket.id.take() else {
+            return resp;
+        };
         // Only an answer is kept: a refusal or a failure charged nothing, and its retry may
         // well pass (a rate limit renews, an upstream comes back).
         if !resp.status().is_success() {
-            self.forget(&ticket.id);
+            self.forget(&id);
             return resp;
         }
         let (parts, body) = resp.into_parts();
@@ -166,7 +186,7 @@ impl Idempotency {
             inner: body.into_data_stream(),
             buf: Some(Vec::new()),
             store: self.clone(),
-            id: Some(ticket.id),
+            id: Some(id),
             status: parts.status,
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
         };
@@ -239,5 +259,50 @@ impl Drop for Tee {
         if let Some(id) = self.id.take() {
             self.store.forget(&id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+
+    fn headers(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("idempotency-key", HeaderValue::from_str(key).unwrap());
+        h
+    }
+
+    fn run(store: &Arc<Idempotency>, key: &str) -> Ticket {
+        match store.begin("k", "/v1/chat/completions", &headers(key), b"{}") {
+            Some(Begin::Run(t)) => t,
+            _ => panic!("expected to run"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_forgotten_and_the_table_stays_bounded() {
+        let store = Arc::new(Idempotency::default());
+        let t = run(&store, "a");
+        match store.begin("k", "/v1/chat/completions", &headers("a"), b"{}") {
+            Some(Begin::Answer(r)) => assert_eq!(r.status(), StatusCode::CONFLICT),
+            _ => panic!("a retry while the first runs is a conflict"),
+        }
+        let failed = ApiError::Unavailable.into_response();
+        let _ = store.finish(t, failed);
+        // A request whose client left (its ticket dropped unfinished) is forgotten too.
+        drop(run(&store, "a"));
+        drop(run(&store, "a"));
+        assert!(store
+            .begin("k", "/v1/chat/completions", &HeaderMap::new(), b"{}")
+            .is_none());
+        for i in 0..(3 * MAX_ENTRIES) {
+            let t = run(&store, &format!("k{i}"));
+            let _ = store.finish(t, ApiError::Unavailable.into_response());
+        }
+        let g = store.inner.lock();
+        assert!(g.0.len() <= MAX_ENTRIES + 1, "{}", g.0.len());
+        assert!(g.1.len() <= 2 * MAX_ENTRIES + 1, "{}", g.1.len());
     }
 }

@@ -188,14 +188,15 @@ impl RequestLimits {
         let lim = match found {
             Some(l) => l,
             None => {
-                let l = Arc::new(
-                    RateLimiter::direct_with_clock(q, self.clock.clone())
-                        .with_middleware::<StateInformationMiddleware>(),
-                );
-                self.keys
-                    .write()
-                    .insert(key_id.to_owned(), (q, burst, l.clone()));
-                l
+                // Under the write lock, so that two first requests share one bucket.
+                let mut keys = self.keys.write();
+                let entry = keys
+                    .entry(key_id.to_owned())
+                    .or_insert_with(|| (q, burst, Arc::new(self.direct(q))));
+                if entry.0 != q {
+                    *entry = (q, burst, Arc::new(self.direct(q)));
+                }
+                entry.2.clone()
             }
         };
         let w = |remaining: u32| self.window("key", rpm, burst, remaining);
@@ -207,6 +208,11 @@ impl RequestLimits {
                 not_until.wait_time_from(self.clock.now()),
             )),
         }
+    }
+
+    fn direct(&self, q: Quota) -> Direct {
+        RateLimiter::direct_with_clock(q, self.clock.clone())
+            .with_middleware::<StateInformationMiddleware>()
     }
 
     /// Forgets addresses whose limiter is whole again (call now and then).

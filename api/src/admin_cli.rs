@@ -4,6 +4,8 @@
 //! Each command is one request; `--json` prints the server's answer as it came, otherwise a
 //! short table. A refusal prints the server's error message and exits 1.
 
+use std::io::Write as _;
+
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
@@ -287,12 +289,23 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// Prints `v`: as JSON, or lists as columns of `cols` and single objects as `key: value` lines.
+/// Prints `v` on standard output; a reader that went away (`| head`) is not an error.
 fn print(v: &Value, json_out: bool, cols: &[&str]) -> anyhow::Result<()> {
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        return Ok(());
+    let text = render(v, json_out, cols)?;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
+}
+
+/// `v` as JSON, or lists as columns of `cols` and single objects as `key: value` lines (a
+/// newly issued key first, as it is shown only once).
+fn render(v: &Value, json_out: bool, cols: &[&str]) -> anyhow::Result<String> {
+    if json_out {
+        return Ok(serde_json::to_string_pretty(v)? + "\n");
+    }
+    let mut out = String::new();
     if let Some(rows) = v["data"].as_array() {
         let table: Vec<Vec<String>> = rows
             .iter()
@@ -311,27 +324,29 @@ fn print(v: &Value, json_out: bool, cols: &[&str]) -> anyhow::Result<()> {
             })
             .collect();
         let line = |cells: Vec<String>| {
-            cells
+            let l = cells
                 .iter()
                 .zip(&widths)
                 .map(|(c, w)| format!("{c:<w$}"))
                 .collect::<Vec<_>>()
-                .join("  ")
-                .trim_end()
-                .to_owned()
+                .join("  ");
+            l.trim_end().to_owned() + "\n"
         };
-        println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
+        out += &line(cols.iter().map(|c| c.to_uppercase()).collect());
         for r in table {
-            println!("{}", line(r));
+            out += &line(r);
         }
-        return Ok(());
+        return Ok(out);
     }
     if let Some(obj) = v.as_object() {
-        for (k, val) in obj {
-            println!("{k}: {}", cell(val));
+        if let Some(key) = obj.get("key").and_then(Value::as_str) {
+            out += &format!("key: {key}\n(shown this once: store it now)\n");
+        }
+        for (k, val) in obj.iter().filter(|(k, v)| !(*k == "key" && v.is_string())) {
+            out += &format!("{k}: {}\n", cell(val));
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 const TEAM_COLS: &[&str] = &["id", "name", "created_at", "created_by"];

@@ -104,6 +104,14 @@ fn an_operator_manages_teams_keys_and_limits_from_the_shell_and_replay_agrees() 
     let key = created["key"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
     assert!(key.starts_with("isnad_sk_"), "{created}");
+    // Without --json, a new key comes first, with the warning that it is shown once.
+    let shown = cli(
+        &base,
+        &["keys", "create", "--label", "spare", "--team", "finance"],
+    );
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.starts_with("key: isnad_sk_"), "{shown}");
+    assert!(shown.contains("shown this once"), "{shown}");
     let set = cli_json(
         &base,
         &[

@@ -166,6 +166,16 @@ async fn call_with(
     (status, headers, v)
 }
 
+/// A chat completion with `key` and extra headers.
+async fn post_chat(
+    env: &Env,
+    key: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+) -> (u16, axum::http::HeaderMap, Value) {
+    call_with(env, "POST", "/v1/chat/completions", key, body, headers).await
+}
+
 fn header<'a>(h: &'a axum::http::HeaderMap, name: &str) -> &'a str {
     h.get(name).map_or("", |v| v.to_str().unwrap())
 }
@@ -429,15 +439,7 @@ async fn token_limits_refuse_past_the_window_and_a_restart_keeps_them_and_their_
         // to 50: three fit in a minute of 400 while the earlier ones settle.
         let mut remaining = Vec::new();
         for _ in 0..3 {
-            let (s, h, v) = call_with(
-                &env,
-                "POST",
-                "/v1/chat/completions",
-                &key,
-                chat(Some(100), false),
-                &[],
-            )
-            .await;
+            let (s, h, v) = post_chat(&env, &key, chat(Some(100), false), &[]).await;
             assert_eq!(s, 200, "{v}");
             assert_eq!(header(&h, "x-ratelimit-limit-tokens"), "400");
             remaining.push(
@@ -454,15 +456,7 @@ async fn token_limits_refuse_past_the_window_and_a_restart_keeps_them_and_their_
         // 400 − 110, then 400 − 50 − 110, then 400 − 100 − 110.
         assert_eq!(remaining, [290, 240, 190]);
         // A request that needs more than is left in the minute is refused until it renews.
-        let (s, h, v) = call_with(
-            &env,
-            "POST",
-            "/v1/chat/completions",
-            &key,
-            chat(Some(300), false),
-            &[],
-        )
-        .await;
+        let (s, h, v) = post_chat(&env, &key, chat(Some(300), false), &[]).await;
         assert_eq!(s, 429, "{v}");
         assert_eq!(v["error"]["code"], "rate_limit_exceeded");
         assert_eq!(v["error"]["type"], "rate_limit_error");
@@ -569,15 +563,7 @@ async fn a_key_over_its_request_rate_gets_429_with_every_header() {
     );
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let (s, h, v) = call_with(
-            &env,
-            "POST",
-            "/v1/chat/completions",
-            &key,
-            chat(Some(10), false),
-            &[],
-        )
-        .await;
+        let (s, h, v) = post_chat(&env, &key, chat(Some(10), false), &[]).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(header(&h, "x-ratelimit-limit"), "60");
         assert_eq!(header(&h, "x-ratelimit-limit-requests"), "60");
@@ -594,15 +580,7 @@ async fn a_key_over_its_request_rate_gets_429_with_every_header() {
         seen.push(header(&h, "x-ratelimit-remaining").to_owned());
     }
     assert_eq!(seen, ["1", "0"]);
-    let (s, h, v) = call_with(
-        &env,
-        "POST",
-        "/v1/chat/completions",
-        &key,
-        chat(Some(10), false),
-        &[],
-    )
-    .await;
+    let (s, h, v) = post_chat(&env, &key, chat(Some(10), false), &[]).await;
     assert_eq!(s, 429, "{v}");
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
     assert_eq!(header(&h, "x-ratelimit-remaining"), "0");
@@ -628,60 +606,20 @@ async fn a_retry_with_the_same_idempotency_key_is_answered_once_and_charged_once
     let env = env(dir.path(), &up).await;
     let key = setup_team(&env, 1_000_000).await;
     let idem = [("idempotency-key", "retry-1")];
-    let first = call_with(
-        &env,
-        "POST",
-        "/v1/chat/completions",
-        &key,
-        chat(Some(40), false),
-        &idem,
-    )
-    .await;
+    let first = post_chat(&env, &key, chat(Some(40), false), &idem).await;
     assert_eq!(first.0, 200, "{}", first.2);
-    let again = call_with(
-        &env,
-        "POST",
-        "/v1/chat/completions",
-        &key,
-        chat(Some(40), false),
-        &idem,
-    )
-    .await;
+    let again = post_chat(&env, &key, chat(Some(40), false), &idem).await;
     assert_eq!(again.0, 200);
     assert_eq!(again.2, first.2, "the first answer, again");
     assert_eq!(header(&again.1, "idempotent-replayed"), "true");
     // Another body under the same key is a client error, not a replay.
-    let other = call_with(
-        &env,
-        "POST",
-        "/v1/chat/completions",
-        &key,
-        chat(Some(41), false),
-        &idem,
-    )
-    .await;
+    let other = post_chat(&env, &key, chat(Some(41), false), &idem).await;
     assert_eq!(other.0, 400, "{}", other.2);
     assert_eq!(other.2["error"]["param"], "idempotency-key");
     // A stream is replayed byte for byte too.
     let sidem = [("idempotency-key", "stream-1")];
-    let s1 = call_with(
-        &env,
-        "POST",
-        "/v1/chat/completions",
-        &key,
-        chat(Some(40), true),
-        &sidem,
-    )
-    .await;
-    let s2 = call_with(
-        &env,
-        "POST",
-        "/v1/chat/completions",
-        &key,
-        chat(Some(40), true),
-        &sidem,
-    )
-    .await;
+    let s1 = post_chat(&env, &key, chat(Some(40), true), &sidem).await;
+    let s2 = post_chat(&env, &key, chat(Some(40), true), &sidem).await;
     assert_eq!((s1.0, s2.0), (200, 200));
     assert_eq!(s1.2, s2.2);
     env.budgets

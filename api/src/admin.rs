@@ -137,7 +137,7 @@ fn list(data: Vec<Value>) -> Response {
 
 async fn me(State(state): State<Gateway>, admitted: Admitted) -> Answer {
     let p = &admitted.principal;
-    let limits = p.limits.or(state.credentials.limits().defaults().key);
+    let limits = state.credentials.key_limits(p);
     let windows = state.budgets.token_windows(
         p.team.as_deref().map(|t| (t, p.team_limits)),
         p.key_id.as_deref().map(|k| (k, limits)),

@@ -209,6 +209,11 @@ impl Credentials {
         &self.limits
     }
 
+    /// A principal's key limits: its own, with the configured defaults where it sets none.
+    pub fn key_limits(&self, p: &Principal) -> isnad_pipeline::access::Limits {
+        p.limits.or(self.limits.defaults().key)
+    }
+
     /// Proxies whose `X-Forwarded-For` is believed (`[server] trusted_proxies`).
     pub fn trust_proxies(mut self, nets: Vec<IpNet>) -> Self {
         self.trusted_proxies = nets.into();

@@ -579,9 +579,7 @@ impl Call {
             prompt_bytes: ctx.prompt.iter().map(|p| p.len() as u64).sum(),
             parts: ctx.prompt.len() as u64,
             max_tokens,
-            key_limits: principal
-                .limits
-                .or(self.gw.credentials.limits().defaults().key),
+            key_limits: self.gw.credentials.key_limits(principal),
             team_limits: principal.team_limits,
         };
         match self.gw.budgets.reserve(&ask) {

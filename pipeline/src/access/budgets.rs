@@ -141,6 +141,32 @@ pub struct Standing {
     pub resets_at_us: i64,
 }
 
+/// A token window a request falls under.
+struct TokenWindow {
+    /// Its key in the ledger (`tpm:key:<id>@2026-12-02T15:47`).
+    scope_period: String,
+    /// `team:<id>` or `key:<id>`.
+    scope: String,
+    cap: u64,
+    window_s: u64,
+    end_us: i64,
+    /// Its name in the headers.
+    policy: &'static str,
+}
+
+impl TokenWindow {
+    fn standing(&self, used: u64, now: i64) -> Window {
+        Window {
+            policy: self.policy,
+            unit: "tokens",
+            limit: self.cap,
+            remaining: self.cap.saturating_sub(used),
+            window_s: self.window_s,
+            reset_ms: u64::try_from(self.end_us.saturating_sub(now) / 1000).unwrap_or(0),
+        }
+    }
+}
+
 /// The holds this process issued that the ledger has not folded yet, with their sums per
 /// `scope@period`.
 #[derive(Default)]
@@ -249,13 +275,12 @@ impl Budgets {
             .collect()
     }
 
-    /// The token windows of a team and a key at `now`: (scope@window, cap, window length in
-    /// seconds, when it ends, policy name).
+    /// The token windows of a team and a key at `now`.
     fn windows(
         now: i64,
         team: Option<(&str, Limits)>,
         key: Option<(&str, Limits)>,
-    ) -> Vec<(String, u64, u64, i64, &'static str)> {
+    ) -> Vec<TokenWindow> {
         let (minute, minute_end) = minute_at(now);
         let (day, day_end) = day_at(now);
         let mut out = Vec::new();
@@ -266,34 +291,27 @@ impl Budgets {
         .into_iter()
         .flatten()
         {
-            if let Some(cap) = l.tokens_per_minute {
-                let policy = if kind == "team" {
-                    "team-tokens-minute"
-                } else {
-                    "tokens-minute"
-                };
-                out.push((
-                    format!("{TPM}{kind}:{id}@{minute}"),
-                    cap,
-                    60,
-                    minute_end,
-                    policy,
-                ));
-            }
-            if let Some(cap) = l.tokens_per_day {
-                let policy = if kind == "team" {
-                    "team-tokens-day"
-                } else {
-                    "tokens-day"
-                };
-                out.push((
-                    format!("{TPD}{kind}:{id}@{day}"),
-                    cap,
-                    86_400,
-                    day_end,
-                    policy,
-                ));
-            }
+            let team = kind == "team";
+            let scope = format!("{kind}:{id}");
+            let mut push = |cap: Option<u64>, prefix: &str, period: &str, secs, end, policy| {
+                if let Some(cap) = cap {
+                    out.push(TokenWindow {
+                        scope_period: format!("{prefix}{scope}@{period}"),
+                        scope: scope.clone(),
+                        cap,
+                        window_s: secs,
+                        end_us: end,
+                        policy,
+                    });
+                }
+            };
+            let (m, d) = if team {
+                ("team-tokens-minute", "team-tokens-day")
+            } else {
+                ("tokens-minute", "tokens-day")
+            };
+            push(l.tokens_per_minute, TPM, &minute, 60, minute_end, m);
+            push(l.tokens_per_day, TPD, &day, 86_400, day_end, d);
         }
         out
     }
@@ -322,14 +340,7 @@ impl Budgets {
             overlay.prune(self.ledger.next_seq());
             windows
                 .into_iter()
-                .map(|(sp, cap, window_s, end, policy)| Window {
-                    policy,
-                    unit: "tokens",
-                    limit: cap,
-                    remaining: cap.saturating_sub(Self::used(l, &overlay, &sp).tokens),
-                    window_s,
-                    reset_ms: u64::try_from(end.saturating_sub(now) / 1000).unwrap_or(0),
-                })
+                .map(|w| w.standing(Self::used(l, &overlay, &w.scope_period).tokens, now))
                 .collect()
         });
         out.sort_by_key(|w| w.remaining);
@@ -360,24 +371,14 @@ impl Budgets {
         let mut tightest: Option<Window> = None;
         self.ledger.read(|l| -> Result<(), ReserveError> {
             overlay.prune(self.ledger.next_seq());
-            for (sp, cap, window_s, end, policy) in windows {
-                let used = Self::used(l, &overlay, &sp).tokens;
-                let available = cap.saturating_sub(used);
-                let reset_ms = u64::try_from(end.saturating_sub(now) / 1000).unwrap_or(0);
-                let window = Window {
-                    policy,
-                    unit: "tokens",
-                    limit: cap,
-                    remaining: available,
-                    window_s,
-                    reset_ms,
-                };
+            for w in windows {
+                let window = w.standing(Self::used(l, &overlay, &w.scope_period).tokens, now);
+                let available = window.remaining;
                 if need.tokens > available {
-                    let scope = sp[TPM.len()..].split('@').next().unwrap_or("").to_owned();
                     return Err(ReserveError::Limited(Limited {
+                        retry_after_ms: (need.tokens <= w.cap).then_some(window.reset_ms.max(1)),
                         window,
-                        scope,
-                        retry_after_ms: (need.tokens <= cap).then_some(reset_ms.max(1)),
+                        scope: w.scope,
                         needed: need.tokens,
                     }));
                 }
@@ -391,7 +392,7 @@ impl Budgets {
                 {
                     tightest = Some(after);
                 }
-                held_scopes.push(sp);
+                held_scopes.push(w.scope_period);
             }
             for scope in Self::scopes(ask.team, ask.key_id) {
                 let Some(b) = l.budgets.get(&scope) else {
@@ -482,11 +483,8 @@ impl Budgets {
                     let (current, resets_at_us) = b.period_at(now);
                     let sp = format!("{scope}@{current}");
                     let spent = l.spent(&sp);
-                    let used = Self::used(l, &overlay, &sp);
-                    let held = Amount {
-                        tokens: used.tokens - spent.tokens,
-                        cost_micros: used.cost_micros - spent.cost_micros,
-                    };
+                    let mut held = l.held(&sp);
+                    held.add(overlay.held(&sp));
                     let left =
                         |cap: Option<u64>, s: u64, h: u64| cap.map(|c| c.saturating_sub(s + h));
                     Some(Standing {

@@ -45,11 +45,6 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Whether no limit is set.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
     /// These limits, with `defaults` where these set none.
     pub fn or(self, defaults: Limits) -> Limits {
         Limits {

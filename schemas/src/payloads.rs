@@ -149,6 +149,16 @@ payloads! {
         policy: String,
     }
 
+    /// The guardrail refused a request: what it found, never the values.
+    GuardrailViolation = ("guardrail.violation", 1) {
+        /// `pii_detected`.
+        violation_type: String,
+        /// Entity types whose action is `block`, e.g. `card`.
+        entities: Vec<String>,
+        /// `request_blocked`, or `stream_ended` when an output scan ended a stream.
+        action_taken: String,
+    }
+
     /// The router chose a model.
     RouteSelected = ("route.selected", 1) {
         /// Model the client asked for (may be `auto-router`).

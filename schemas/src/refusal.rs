@@ -27,6 +27,8 @@ wire_enum! {
         UnsupportedParameter = "unsupported_parameter",
         /// 451: serving the request would take its data outside the boundary.
         SovereigntyViolation = "sovereignty_violation",
+        /// 451: the request carries data its team's guardrail policy blocks (`block`).
+        PiiDetected = "pii_detected",
         /// 429: the key sent more requests than its rate allows; retrying later helps.
         RateLimitExceeded = "rate_limit_exceeded",
         /// 429: the key's budget is spent; retrying does not help until it is raised or renewed.
@@ -48,7 +50,7 @@ impl RefusalCode {
             Self::PermissionDenied | Self::ModelNotPermitted | Self::AddressNotAllowed => {
                 "permission_error"
             }
-            Self::SovereigntyViolation => "sovereignty_error",
+            Self::SovereigntyViolation | Self::PiiDetected => "sovereignty_error",
             Self::RateLimitExceeded => "rate_limit_error",
             // OpenAI's type (and code) for a spent quota; clients that special-case it know not
             // to retry.

@@ -52,6 +52,11 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, serde_json::Value)> {
             ],
             policy: "default".into(),
         }),
+        s(GuardrailViolation {
+            violation_type: "pii_detected".into(),
+            entities: vec!["card".into(), "email".into()],
+            action_taken: "request_blocked".into(),
+        }),
         s(RouteSelected {
             requested_model: "auto-router".into(),
             model: "jais-13b".into(),

@@ -96,6 +96,10 @@ impl Source {
 pub struct RoutingConfig {
     /// Model that `auto-router` picks (default: the first chat model).
     pub default_model: Option<String>,
+    /// The routing and guardrail policy file (YAML, CEL conditions), relative to this file's
+    /// directory. Without one, the built-in policy: national IDs, IBANs, cards and credentials
+    /// stay inside the boundary.
+    pub policy: Option<std::path::PathBuf>,
 }
 
 /// `[server]`
@@ -245,6 +249,16 @@ pub struct ConfigError {
     pub key: Option<String>,
     /// What is wrong.
     pub reason: String,
+}
+
+/// A routing policy error, in the configuration's error shape (its own file, line and key).
+fn policy_error(e: isnad_pipeline::policy::PolicyError) -> ConfigError {
+    ConfigError {
+        file: e.file,
+        line: Some(e.line),
+        key: (!e.key.is_empty()).then_some(e.key),
+        reason: format!("column {}: {}", e.column, e.reason),
+    }
 }
 
 impl std::fmt::Display for ConfigError {
@@ -446,7 +460,32 @@ impl Config {
         )
         .map_err(|e| self.source.error(&e.to_string()))?;
         self.check_keys(&registry)?;
+        let policy = self.routing_policy()?;
+        let exists = |id: &str| registry.models().iter().any(|m| m.id == id);
+        policy.check_models(&exists).map_err(policy_error)?;
         Ok(registry)
+    }
+
+    /// The routing policy `[routing] policy` names (read and checked: CEL conditions compiled
+    /// and dry-run), else the built-in one. Models are checked by [`Config::validate`].
+    pub fn routing_policy(&self) -> Result<isnad_pipeline::policy::RoutingPolicy, ConfigError> {
+        let Some(path) = &self.routing.policy else {
+            return Ok(isnad_pipeline::policy::RoutingPolicy::builtin());
+        };
+        let path = match std::path::Path::new(&self.source.file).parent() {
+            Some(dir) if path.is_relative() && self.source.file != Source::default().file => {
+                dir.join(path)
+            }
+            _ => path.clone(),
+        };
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+            file: self.source.file.clone(),
+            line: locate(&self.source.text, "routing.policy"),
+            key: Some("routing.policy".into()),
+            reason: format!("{file}: {e}"),
+        })?;
+        isnad_pipeline::policy::RoutingPolicy::parse(&text, &file).map_err(policy_error)
     }
 
     /// `[[keys]]` as [`crate::auth::check_keys`] checks them, against the checked models (it takes a

@@ -149,7 +149,9 @@ impl ApiError {
                 RefusalCode::ModelNotFound => StatusCode::NOT_FOUND,
                 RefusalCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 RefusalCode::UnsupportedParameter => StatusCode::UNPROCESSABLE_ENTITY,
-                RefusalCode::SovereigntyViolation => StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS,
+                RefusalCode::SovereigntyViolation | RefusalCode::PiiDetected => {
+                    StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS
+                }
                 RefusalCode::RateLimitExceeded | RefusalCode::BudgetExceeded => {
                     StatusCode::TOO_MANY_REQUESTS
                 }
@@ -213,6 +215,7 @@ impl ApiError {
                 | RefusalCode::PayloadTooLarge
                 | RefusalCode::UnsupportedParameter
                 | RefusalCode::SovereigntyViolation
+                | RefusalCode::PiiDetected
                 | RefusalCode::BudgetExceeded => None,
             },
             Self::NotFound(_)
@@ -426,6 +429,7 @@ mod tests {
             (RefusalCode::PayloadTooLarge, 413, false),
             (RefusalCode::UnsupportedParameter, 422, false),
             (RefusalCode::SovereigntyViolation, 451, false),
+            (RefusalCode::PiiDetected, 451, false),
             (RefusalCode::RateLimitExceeded, 429, true),
             (RefusalCode::BudgetExceeded, 429, false),
             (RefusalCode::ModelOverloaded, 503, true),

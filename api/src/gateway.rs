@@ -57,6 +57,8 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// The request path's policy stages, in the configured order.
     pub stages: Arc<[Arc<dyn RequestStage>]>,
+    /// What the stages read: the live routing policy, the scanner, measured latencies.
+    pub policy: policy::StageInputs,
     /// Refusals before admission, counted for the journal's summaries.
     pub unadmitted: Arc<Unadmitted>,
     /// Outcomes of recent requests with an `Idempotency-Key`.
@@ -297,11 +299,82 @@ struct Call {
     early: Option<ApiError>,
     /// The client asked for a stream.
     stream: bool,
+    /// The client sent `X-Route-Policy: local-only`.
+    local_only: bool,
+    /// Placeholders the guardrail put in the prompt, restored in the answer (RAM only).
+    vault: policy::Vault,
+}
+
+/// Whether the client asked for local models only (`X-Route-Policy: local-only`), or the
+/// error for a value isnad does not know.
+fn route_policy_header(headers: &HeaderMap) -> Result<bool, ApiError> {
+    match headers.get("x-route-policy").map(|v| v.to_str()) {
+        None => Ok(false),
+        Some(Ok(v)) if v.trim().eq_ignore_ascii_case(policy::LOCAL_ONLY) => Ok(true),
+        Some(_) => Err(ApiError::refuse(
+            RefusalCode::InvalidRequest,
+            "X-Route-Policy: the only value is `local-only`",
+        )),
+    }
+}
+
+/// Puts the guardrail's redacted `prompt` back in `body`, part for part, in the order the
+/// parts were read (chat message contents and text parts; embedding inputs).
+fn rewrite_prompt(endpoint: Endpoint, body: &mut Value, prompt: &[String]) {
+    let mut parts = prompt.iter();
+    let mut put = |slot: &mut Value| {
+        if let (Value::String(s), Some(p)) = (&mut *slot, parts.next()) {
+            s.clone_from(p);
+        }
+    };
+    match endpoint {
+        Endpoint::Chat => {
+            let Some(Value::Array(messages)) = body.get_mut("messages") else {
+                return;
+            };
+            for m in messages {
+                match m.get_mut("content") {
+                    Some(c @ Value::String(_)) => put(c),
+                    Some(Value::Array(items)) => {
+                        for item in items {
+                            if let Some(t @ Value::String(_)) = item.get_mut("text") {
+                                put(t);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Endpoint::Embeddings => match body.get_mut("input") {
+            Some(t @ Value::String(_)) => put(t),
+            Some(Value::Array(items)) => items.iter_mut().for_each(&mut put),
+            _ => {}
+        },
+    }
+}
+
+/// Restores the vault's placeholders in every choice's message content of an answer.
+fn restore_answer(vault: &policy::Vault, answer: &mut Value) {
+    if vault.is_empty() {
+        return;
+    }
+    if let Some(Value::Array(choices)) = answer.get_mut("choices") {
+        for c in choices {
+            if let Some(Value::String(text)) = c.pointer_mut("/message/content") {
+                *text = vault.restore(text);
+            }
+        }
+    }
 }
 
 impl Call {
     fn new(gw: Gateway, admitted: Admitted, headers: &HeaderMap, endpoint: Endpoint) -> Self {
-        let (request_id, early) = request_id(headers);
+        let (request_id, mut early) = request_id(headers);
+        let local_only = route_policy_header(headers).unwrap_or_else(|e| {
+            early = early.take().or(Some(e));
+            false
+        });
         let trace = Trace {
             request_id,
             audit: None,
@@ -317,6 +390,8 @@ impl Call {
             started: Instant::now(),
             early,
             stream: false,
+            local_only,
+            vault: policy::Vault::new(),
         }
     }
 
@@ -440,22 +515,19 @@ impl Call {
         };
         let principal = self.admitted.principal.clone();
         self.stream = parsed.stream;
-        let mut ctx = RequestContext {
-            prompt: parsed.prompt.into(),
-            endpoint: self.endpoint,
-            requested_model: parsed.model.clone(),
-            team: principal.team.clone(),
-            local_only: principal.scope.local_only,
-            scope: principal.scope.clone(),
-            uses_tools: parsed.uses_tools,
-            uses_dimensions: parsed.uses_dimensions,
-            profile: parsed
-                .options
-                .routing
-                .as_ref()
-                .and_then(|r| r.profile)
-                .or(parsed.options.routing_preference),
-        };
+        let mut ctx = RequestContext::new(parsed.prompt, self.endpoint, parsed.model.clone());
+        ctx.team = principal.team.clone();
+        ctx.key = principal.key_id.clone();
+        ctx.local_only = principal.scope.local_only || self.local_only;
+        ctx.scope = principal.scope.clone();
+        ctx.uses_tools = parsed.uses_tools;
+        ctx.uses_dimensions = parsed.uses_dimensions;
+        ctx.profile = parsed
+            .options
+            .routing
+            .as_ref()
+            .and_then(|r| r.profile)
+            .or(parsed.options.routing_preference);
         let evaluated = match policy::evaluate(&self.gw.stages, &received, &mut ctx) {
             Ok(e) => e,
             Err(e) => {
@@ -490,9 +562,15 @@ impl Call {
         let hold_at = events.len() + 1;
         events.push(hold);
         let (tx, rx) = mpsc::channel::<Item>(64);
+        let mut body = parsed.body;
+        if !ctx.vault.is_empty() {
+            rewrite_prompt(self.endpoint, &mut body, &ctx.prompt);
+            self.vault = std::mem::take(&mut ctx.vault);
+        }
         let attachment: Attachment = Arc::new(InferenceRequest {
             endpoint: self.endpoint,
-            body: parsed.body,
+            body,
+            fallbacks: std::mem::take(&mut ctx.route.fallbacks),
             requested_model: parsed.model,
             stream: parsed.stream,
             forward_usage: parsed.forward_usage,
@@ -612,9 +690,9 @@ impl Call {
             other => return self.unexpected(other),
         }
         if self.stream {
-            return stream_response(self.gw, self.trace, rx, detach);
+            return stream_response(self.gw, self.trace, rx, detach, self.vault);
         }
-        let answer = match rx.recv().await {
+        let mut answer = match rx.recv().await {
             Some(Item::Json(v)) => v,
             Some(Item::Failed(e)) => {
                 return self.finish_failure(&mut rx, ApiError::from(&e)).await;
@@ -632,6 +710,7 @@ impl Call {
             other => return self.unexpected(other),
         }
         drop(detach);
+        restore_answer(&self.vault, &mut answer);
         self.trace.apply(Json(answer).into_response())
     }
 
@@ -666,42 +745,53 @@ fn stream_response(
     trace: Trace,
     rx: mpsc::Receiver<Item>,
     detach: Detach,
+    vault: policy::Vault,
 ) -> Response {
     let journal = gw.bus.journal().clone();
-    let state = (rx, journal, Some(detach), false);
-    let body = futures_util::stream::unfold(state, |(mut rx, journal, detach, ended)| async move {
-        if ended {
-            return None;
-        }
-        let (frame, last) = match rx.recv().await {
-            Some(Item::Chunk(chunk)) => match serde_json::to_string(&chunk) {
-                Ok(data) => (format!("data: {data}\n\n"), false),
-                Err(e) => (internal(e).sse_frame(), true),
-            },
-            Some(Item::Failed(e)) => {
-                // Mid-stream failure: an SSE error object, never a silent close. Wait for the
-                // outcome event to be durable first.
-                if let Some(Item::Done { seq }) = rx.recv().await {
-                    let _ = journal.wait_durable(seq).await;
-                }
-                (ApiError::from(&e).sse_frame(), true)
-            }
-            Some(Item::Done { seq }) => match journal.wait_durable(seq).await {
-                Ok(_) => ("data: [DONE]\n\n".to_owned(), true),
-                Err(_) => (ApiError::Unavailable.sse_frame(), true),
-            },
-            Some(other) => {
-                tracing::error!(?other, "unexpected item in a stream");
+    let restore = StreamRestore::new(vault);
+    let state = (rx, journal, Some(detach), false, restore);
+    let body = futures_util::stream::unfold(
+        state,
+        |(mut rx, journal, detach, ended, mut restore)| async move {
+            if ended {
                 return None;
             }
-            None => return None,
-        };
-        let detach = if last { None } else { detach };
-        Some((
-            Ok::<_, Infallible>(Bytes::from(frame)),
-            (rx, journal, detach, last),
-        ))
-    });
+            let (frame, last) = match rx.recv().await {
+                Some(Item::Chunk(mut chunk)) => match restore
+                    .chunk(&mut chunk)
+                    .and_then(|()| serde_json::to_string(&chunk).ok())
+                {
+                    Some(data) => (format!("data: {data}\n\n"), false),
+                    None => (
+                        internal("a stream chunk could not be encoded").sse_frame(),
+                        true,
+                    ),
+                },
+                Some(Item::Failed(e)) => {
+                    // Mid-stream failure: an SSE error object, never a silent close. Wait for the
+                    // outcome event to be durable first.
+                    if let Some(Item::Done { seq }) = rx.recv().await {
+                        let _ = journal.wait_durable(seq).await;
+                    }
+                    (ApiError::from(&e).sse_frame(), true)
+                }
+                Some(Item::Done { seq }) => match journal.wait_durable(seq).await {
+                    Ok(_) => (format!("{}data: [DONE]\n\n", restore.finish()), true),
+                    Err(_) => (ApiError::Unavailable.sse_frame(), true),
+                },
+                Some(other) => {
+                    tracing::error!(?other, "unexpected item in a stream");
+                    return None;
+                }
+                None => return None,
+            };
+            let detach = if last { None } else { detach };
+            Some((
+                Ok::<_, Infallible>(Bytes::from(frame)),
+                (rx, journal, detach, last, restore),
+            ))
+        },
+    );
     let resp = (
         StatusCode::OK,
         [
@@ -712,6 +802,52 @@ fn stream_response(
     )
         .into_response();
     trace.apply(resp)
+}
+
+/// Restores placeholders in a stream's content deltas, holding back a placeholder split
+/// across chunks until it is whole (one restorer per choice).
+struct StreamRestore {
+    vault: Arc<policy::Vault>,
+    held: std::collections::BTreeMap<u32, String>,
+}
+
+impl StreamRestore {
+    fn new(vault: policy::Vault) -> Self {
+        Self {
+            vault: Arc::new(vault),
+            held: Default::default(),
+        }
+    }
+
+    fn chunk(&mut self, chunk: &mut isnad_schemas::openai::ChatCompletionChunk) -> Option<()> {
+        if self.vault.is_empty() {
+            return Some(());
+        }
+        for choice in &mut chunk.choices {
+            if let Some(text) = choice.delta.content.as_mut() {
+                let held = self.held.entry(choice.index).or_default();
+                held.push_str(text);
+                let (ready, rest) = self.vault.split_ready(held);
+                *text = self.vault.restore(&ready);
+                *held = rest;
+            }
+        }
+        Some(())
+    }
+
+    /// What is still held at the end of the stream, as a last content chunk (empty if none).
+    fn finish(&mut self) -> String {
+        let rest: Vec<(u32, String)> = std::mem::take(&mut self.held)
+            .into_iter()
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        rest.into_iter()
+            .map(|(index, text)| {
+                let chunk = json!({"object": "chat.completion.chunk", "choices": [{"index": index, "delta": {"content": self.vault.restore(&text)}, "finish_reason": null}]});
+                format!("data: {chunk}\n\n")
+            })
+            .collect()
+    }
 }
 
 /// `GET /v1/models`

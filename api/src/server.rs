@@ -59,6 +59,9 @@ pub enum StartError {
     /// A projection could not start.
     #[error(transparent)]
     Pipeline(#[from] isnad_pipeline::Error),
+    /// The routing policy or the guardrail's scanner cannot load.
+    #[error("{0}")]
+    Routing(String),
 }
 
 impl AppState {
@@ -70,7 +73,19 @@ impl AppState {
         registry: Arc<isnad_inference::registry::Registry>,
         credentials: Arc<Credentials>,
     ) -> Result<Self, StartError> {
-        let stages = isnad_pipeline::policy::build(&config.pipeline, registry.clone())?;
+        let policy = isnad_pipeline::policy::LivePolicy::new(
+            config
+                .routing_policy()
+                .map_err(|e| StartError::Routing(e.to_string()))?,
+        );
+        let scanner =
+            isnad_guard::Scanner::new().map_err(|e| StartError::Routing(e.to_string()))?;
+        let inputs = isnad_pipeline::policy::StageInputs {
+            policy,
+            scanner: Arc::new(scanner),
+            latencies: Default::default(),
+        };
+        let stages = isnad_pipeline::policy::build(&config.pipeline, registry.clone(), &inputs)?;
         let bus = isnad_pipeline::Bus::new(journal.clone());
         let mut runner = isnad_pipeline::Runner::new(bus.clone());
         let budgets = isnad_pipeline::access::Budgets::start(
@@ -88,6 +103,7 @@ impl AppState {
             budgets: Arc::new(budgets),
             max_body_bytes: config.server.max_body_bytes,
             stages: stages.into(),
+            policy: inputs.clone(),
             unadmitted: Arc::new(Unadmitted::default()),
             idempotency: Arc::default(),
         };
@@ -600,9 +616,20 @@ pub async fn serve(config: Config, data_dir: &Path, listen: SocketAddr) -> anyho
         .lock()
         .take()
         .ok_or_else(|| anyhow::anyhow!("the server's runner was taken"))?;
+    let models = runner.project(isnad_pipeline::policy::ModelStats::default())?;
+    // The `performance` profile reads each model's measured latency from the same projection.
+    let stats = models.clone();
+    state.gateway.policy.latencies.set(move |id| {
+        stats.read(|s| {
+            s.models
+                .get(id)
+                .filter(|m| m.completed > 0)
+                .map(|m| m.latency_us)
+        })
+    });
     state.metrics.show(crate::metrics::Projections {
         usage: runner.project(crate::metrics::Usage::default())?,
-        models: runner.project(isnad_pipeline::policy::ModelStats::default())?,
+        models,
     });
     // Holds that the last run left open belong to requests that died with it: void them once
     // the ledger has caught up, before the first request.

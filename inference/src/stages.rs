@@ -73,12 +73,18 @@ pub struct InferenceRequest {
     pub tx: mpsc::Sender<Item>,
     /// When the request arrived.
     pub started: Instant,
-    /// What the client's credentials allow.
+    /// What the client's credentials allow; `local_only` also when the request's data must stay
+    /// inside the boundary.
     pub scope: Scope,
+    /// The chosen route's own fallbacks, tried before the model's.
+    pub fallbacks: Vec<String>,
     /// The HTTP status and code a failure is answered with (the API's one mapping), for the
     /// `request.rejected` that journals it.
     pub classify: fn(&Error) -> (u16, &'static str),
 }
+
+/// Most models one request tries: the chosen one and its fallbacks.
+pub const MAX_HOPS: usize = 4;
 
 fn request_of(a: Option<&Attachment>) -> Option<&InferenceRequest> {
     a.and_then(|a| a.downcast_ref::<InferenceRequest>())
@@ -123,18 +129,23 @@ async fn serve(
     req: &InferenceRequest,
 ) {
     let tx = &req.tx;
-    // Fallbacks keep to the client's scope and, for a local-only route, to the boundary.
-    let chain: Vec<&Model> = registry
-        .with_fallbacks(&route.model)
-        .into_iter()
-        .enumerate()
-        .filter(|(i, m)| {
-            *i == 0
+    // The route's fallbacks, then the model's (each model once: no cycles), at most
+    // `MAX_HOPS` tries; they keep to the client's scope and, for data that must stay inside
+    // the boundary, to local models.
+    let mut chain: Vec<&Model> = Vec::new();
+    let heads =
+        std::iter::once(route.model.as_str()).chain(req.fallbacks.iter().map(String::as_str));
+    for head in heads {
+        for m in registry.with_fallbacks(head) {
+            let eligible = chain.is_empty()
                 || (req.scope.permits(&m.config.id)
-                    && (route.policy != LOCAL_ONLY || m.config.residency == Residency::Local))
-        })
-        .map(|(_, m)| m)
-        .collect();
+                    && (!req.scope.local_only || m.config.residency == Residency::Local));
+            if eligible && !chain.iter().any(|c| c.config.id == m.config.id) {
+                chain.push(m);
+            }
+        }
+    }
+    chain.truncate(MAX_HOPS);
     let Some(first) = chain.first() else { return };
     let _ = tx
         .send(Item::Routed {

@@ -352,17 +352,9 @@ impl RequestStage for InlineRouter {
 }
 
 fn context(prompt: &str) -> RequestContext {
-    RequestContext {
-        prompt: Arc::from(vec![prompt.to_owned()]),
-        endpoint: Endpoint::Chat,
-        requested_model: "auto-router".into(),
-        team: Some("team-a".into()),
-        scope: Default::default(),
-        uses_tools: None,
-        uses_dimensions: false,
-        profile: None,
-        local_only: false,
-    }
+    let mut ctx = RequestContext::new(vec![prompt.to_owned()], Endpoint::Chat, "auto-router");
+    ctx.team = Some("team-a".into());
+    ctx
 }
 
 /// Runs `stages` on a request and submits its group, as the gateway does: the request, the

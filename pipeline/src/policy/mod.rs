@@ -11,18 +11,31 @@
 
 mod catalog;
 mod guardrail;
+mod live;
 mod router;
+mod rules;
 mod stats;
+mod vault;
 
 use std::sync::Arc;
 
+use isnad_guard::{EntityType, Language, Scanner};
 use isnad_schemas::{openai::Profile, NewEvent, RefusalCode};
 use serde::{Deserialize, Serialize};
 
 pub use catalog::{ModelCatalog, ModelInfo, ModelKind, Residency};
-pub use guardrail::PassThroughGuardrail;
-pub use router::{model_not_found, Router, AUTO_ROUTER, LOCAL_ONLY};
+pub use guardrail::{prompt_language, Guardrail, Scan};
+pub use live::LivePolicy;
+pub use router::{
+    estimate_prompt_tokens, model_not_found, Latencies, Router, AUTO_ROUTER, LOCAL_ONLY,
+    PER_MESSAGE_TOKENS,
+};
+pub use rules::{
+    parse_actions, Action, Actions, Facts, PolicyError, ResidencyMode, Route, RoutingPolicy,
+    RuleError, VARIABLES,
+};
 pub use stats::{ModelStat, ModelStats};
+pub use vault::{Restorer, Vault};
 
 /// Which OpenAI endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +98,8 @@ pub struct RequestContext {
     pub requested_model: String,
     /// The principal's team, if it has one.
     pub team: Option<String>,
+    /// The principal's key id, if it has one.
+    pub key: Option<String>,
     /// What the principal may use.
     pub scope: Scope,
     /// The first of `tools`, `tool_choice`, `response_format` the client set, if any: the model
@@ -94,8 +109,77 @@ pub struct RequestContext {
     pub uses_dimensions: bool,
     /// The routing profile the client asked for.
     pub profile: Option<Profile>,
-    /// The request's data must stay inside the boundary: from the scope, or a stage rerouted it.
+    /// The request's data must stay inside the boundary: from the scope, the client's
+    /// `X-Route-Policy: local-only`, or a stage rerouted it.
     pub local_only: bool,
+    /// The prompt's language and the entity types in it, once the guardrail has looked.
+    pub analysis: Option<Analysis>,
+    /// Placeholders the guardrail put in `prompt`, and their values (RAM only).
+    pub vault: Vault,
+    /// What the route the router chose adds: its own fallbacks and whether to scan the output.
+    pub route: RouteOptions,
+}
+
+impl RequestContext {
+    /// A context for `prompt` to `endpoint`, asking for `model`, with nothing else known yet.
+    pub fn new(prompt: Vec<String>, endpoint: Endpoint, model: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            endpoint,
+            requested_model: model.into(),
+            team: None,
+            key: None,
+            scope: Scope::default(),
+            uses_tools: None,
+            uses_dimensions: false,
+            profile: None,
+            local_only: false,
+            analysis: None,
+            vault: Vault::new(),
+            route: RouteOptions::default(),
+        }
+    }
+}
+
+/// What the guardrail found in a prompt, for the stages after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Analysis {
+    /// The prompt's language.
+    pub language: Language,
+    /// The entity types found, each once.
+    pub pii: Vec<EntityType>,
+}
+
+/// What the chosen route adds to the model call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteOptions {
+    /// Models to try, in order, if the chosen one fails (before the model's own fallbacks).
+    pub fallbacks: Vec<String>,
+    /// Scan the completion and end it before it reveals a type the policy blocks.
+    pub output_scan: bool,
+}
+
+/// A change a stage makes to the request's context, for the stages after it and the call.
+#[derive(Debug)]
+pub enum Effect {
+    /// The request must stay inside the boundary.
+    LocalOnly,
+    /// The prompt's language and entity types.
+    Analysed {
+        /// The language.
+        language: Language,
+        /// The types found.
+        pii: Vec<EntityType>,
+    },
+    /// The prompt with values replaced by placeholders, and the vault to restore them.
+    Redacted {
+        /// The redacted prompt, part for part.
+        prompt: Arc<[String]>,
+        /// Placeholder to value.
+        vault: Vault,
+    },
+    /// What the chosen route adds.
+    Route(RouteOptions),
 }
 
 /// Why a stage refuses a request.
@@ -144,6 +228,13 @@ pub enum Decision {
         events: Vec<NewEvent>,
         /// The constraint.
         to: Constraint,
+    },
+    /// Go on, with changes to the context.
+    Apply {
+        /// Events for the group.
+        events: Vec<NewEvent>,
+        /// The changes, applied in order.
+        effects: Vec<Effect>,
     },
     /// Refuse: the events, then `request.rejected` with the refusal, end the group.
     Refuse {
@@ -205,6 +296,12 @@ pub fn evaluate(
                 }
                 (events, None)
             }
+            Decision::Apply { events, effects } => {
+                for effect in effects {
+                    ctx.apply(effect);
+                }
+                (events, None)
+            }
             Decision::Refuse { events, refusal } => (events, Some(refusal)),
         };
         let base = events.len();
@@ -224,6 +321,20 @@ pub fn evaluate(
         events,
         refusal: None,
     })
+}
+
+impl RequestContext {
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::LocalOnly => self.local_only = true,
+            Effect::Analysed { language, pii } => self.analysis = Some(Analysis { language, pii }),
+            Effect::Redacted { prompt, vault } => {
+                self.prompt = prompt;
+                self.vault = vault;
+            }
+            Effect::Route(options) => self.route = options,
+        }
+    }
 }
 
 /// `[pipeline]`: which request stages run, in order.
@@ -283,10 +394,22 @@ impl PolicyConfig {
     }
 }
 
-/// Builds the request stages `config` lists, over `catalog`.
+/// What the request stages read besides the catalogue.
+#[derive(Clone)]
+pub struct StageInputs {
+    /// The routing and guardrail policy in force.
+    pub policy: LivePolicy,
+    /// The guardrail's scanner.
+    pub scanner: Arc<Scanner>,
+    /// Measured model latencies, for the `performance` profile.
+    pub latencies: Latencies,
+}
+
+/// Builds the request stages `config` lists, over `catalog`, reading `inputs`.
 pub fn build(
     config: &PolicyConfig,
     catalog: Arc<dyn ModelCatalog>,
+    inputs: &StageInputs,
 ) -> Result<Vec<Arc<dyn RequestStage>>, PolicyConfigError> {
     config.check()?;
     Ok(config
@@ -294,9 +417,16 @@ pub fn build(
         .iter()
         .map(|name| -> Arc<dyn RequestStage> {
             match name.as_str() {
-                "guardrail" => Arc::new(PassThroughGuardrail),
+                "guardrail" => Arc::new(Guardrail::new(
+                    inputs.scanner.clone(),
+                    inputs.policy.clone(),
+                )),
                 // `check` admits only the names in `STAGES`; the router is the rest.
-                _ => Arc::new(Router::new(catalog.clone())),
+                _ => Arc::new(Router::with_latencies(
+                    catalog.clone(),
+                    inputs.policy.clone(),
+                    inputs.latencies.clone(),
+                )),
             }
         })
         .collect())

@@ -1,12 +1,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use isnad_schemas::{RequestReceived, RouteSelected};
+use isnad_schemas::{openai::Profile, RequestReceived, RouteSelected};
 
 use super::*;
 
 /// `abroad` (external, the default chat model), `home` and `home2` (local), `embed` (local
-/// embeddings, fixed dimensions), `plain` (local chat without tools).
-struct Catalog(Vec<(&'static str, ModelKind, Residency, bool)>);
+/// embeddings, fixed dimensions), `plain` (local chat without tools); `home2` is the cheapest
+/// chat model, `plain` the dearest.
+struct Catalog(Vec<(&'static str, ModelKind, Residency, bool, u64)>);
 
 impl ModelCatalog for Catalog {
     fn model(&self, id: &str) -> Option<ModelInfo<'_>> {
@@ -18,15 +19,15 @@ impl ModelCatalog for Catalog {
     fn models(&self) -> Vec<ModelInfo<'_>> {
         self.0
             .iter()
-            .map(|&(id, kind, residency, supports_tools)| ModelInfo {
+            .map(|&(id, kind, residency, supports_tools, price)| ModelInfo {
                 id,
                 provider: "up",
                 kind,
                 residency,
                 supports_tools,
                 variable_dimensions: false,
-                price_in_micros_per_1k: 0,
-                price_out_micros_per_1k: 0,
+                price_in_micros_per_1k: price,
+                price_out_micros_per_1k: price,
             })
             .collect()
     }
@@ -36,11 +37,11 @@ fn catalog() -> Arc<dyn ModelCatalog> {
     use ModelKind::*;
     use Residency::*;
     Arc::new(Catalog(vec![
-        ("abroad", Chat, External, true),
-        ("home", Chat, Local, true),
-        ("home2", Chat, Local, true),
-        ("plain", Chat, Local, false),
-        ("embed", Embedding, Local, false),
+        ("abroad", Chat, External, true, 30),
+        ("home", Chat, Local, true, 20),
+        ("home2", Chat, Local, true, 10),
+        ("plain", Chat, Local, false, 40),
+        ("embed", Embedding, Local, false, 0),
     ]))
 }
 
@@ -60,16 +61,21 @@ impl RequestStage for KeepInside {
 }
 
 fn ctx(model: &str, scope: Scope) -> RequestContext {
-    RequestContext {
-        prompt: Arc::from(vec!["hi".to_owned()]),
-        endpoint: Endpoint::Chat,
-        requested_model: model.into(),
-        team: None,
-        local_only: scope.local_only,
-        scope,
-        uses_tools: None,
-        uses_dimensions: false,
-        profile: None,
+    prompt_ctx(model, scope, "hi")
+}
+
+fn prompt_ctx(model: &str, scope: Scope, prompt: &str) -> RequestContext {
+    let mut c = RequestContext::new(vec![prompt.to_owned()], Endpoint::Chat, model);
+    c.local_only = scope.local_only;
+    c.scope = scope;
+    c
+}
+
+fn inputs(policy: &str) -> StageInputs {
+    StageInputs {
+        policy: LivePolicy::new(RoutingPolicy::parse(policy, "routing.yaml").unwrap()),
+        scanner: Arc::new(Scanner::new().unwrap()),
+        latencies: Latencies::default(),
     }
 }
 
@@ -85,18 +91,26 @@ fn request() -> NewEvent {
 }
 
 /// Runs the default stages (guardrail, router), optionally after a rerouting stage.
-fn run(mut c: RequestContext, reroute: bool) -> Result<(String, String, String), Refusal> {
-    let mut stages = build(&PolicyConfig::default(), catalog()).unwrap();
+fn run(c: RequestContext, reroute: bool) -> Result<(String, String, String), Refusal> {
+    run_with(&inputs(""), c, reroute).map(|(route, _)| route)
+}
+
+/// Runs the default stages under `inputs`; gives the route and the context after the stages.
+fn run_with(
+    inputs: &StageInputs,
+    mut c: RequestContext,
+    reroute: bool,
+) -> Result<((String, String, String), RequestContext), Refusal> {
+    let mut stages = build(&PolicyConfig::default(), catalog(), inputs).unwrap();
     if reroute {
         stages.insert(0, Arc::new(KeepInside));
     }
     let out = evaluate(&stages, &request(), &mut c).unwrap();
-    if let Some((stage, refusal)) = out.refusal {
-        assert_eq!(stage, "router");
+    if let Some((_, refusal)) = out.refusal {
         return Err(refusal);
     }
     let route: RouteSelected = out.events.last().unwrap().payload_as().unwrap();
-    Ok((route.model, route.residency, route.policy))
+    Ok(((route.model, route.residency, route.policy), c))
 }
 
 fn owned(a: &str, b: &str, c: &str) -> (String, String, String) {
@@ -224,7 +238,7 @@ fn the_stage_list_is_checked_with_its_key_path() {
 
 #[test]
 fn stage_events_get_ids_derived_from_the_request() {
-    let stages = build(&PolicyConfig::default(), catalog()).unwrap();
+    let stages = build(&PolicyConfig::default(), catalog(), &inputs("")).unwrap();
     let req = request();
     let a = evaluate(&stages, &req, &mut ctx("home", Scope::default())).unwrap();
     let b = evaluate(&stages, &req, &mut ctx("home", Scope::default())).unwrap();
@@ -232,4 +246,224 @@ fn stage_events_get_ids_derived_from_the_request() {
     assert_eq!(ids(&a), ids(&b));
     assert_eq!(a.events.len(), 2);
     assert_ne!(a.events[0].id, a.events[1].id);
+}
+
+const IBAN: &str = "حوّل المبلغ إلى الآيبان SA03 8000 0000 6080 1016 7519 من فضلك";
+
+#[test]
+fn an_iban_keeps_a_request_inside_by_default() {
+    let i = inputs("");
+    let r = run_with(&i, prompt_ctx("abroad", Scope::default(), IBAN), false).unwrap_err();
+    assert_eq!(r.code, RefusalCode::SovereigntyViolation);
+    let (got, c) = run_with(&i, prompt_ctx(AUTO_ROUTER, Scope::default(), IBAN), false).unwrap();
+    assert_eq!(got, owned("home", "local", LOCAL_ONLY));
+    let a = c.analysis.unwrap();
+    assert_eq!(a.language, isnad_guard::Language::Ar);
+    assert_eq!(a.pii, vec![isnad_guard::EntityType::Iban]);
+    // Without the IBAN the same request goes where it asked.
+    let (got, _) = run_with(
+        &i,
+        prompt_ctx("abroad", Scope::default(), "حوّل المبلغ"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(got, owned("abroad", "external", "requested"));
+}
+
+#[test]
+fn reroute_mode_sends_a_request_for_an_external_model_to_a_local_one() {
+    let i = inputs("residency: reroute\n");
+    let (got, c) = run_with(&i, prompt_ctx("abroad", Scope::default(), IBAN), false).unwrap();
+    assert_eq!(got, owned("home", "local", "reroute"));
+    assert!(c.local_only);
+    let mut cost = prompt_ctx("abroad", Scope::default(), IBAN);
+    cost.profile = Some(Profile::Cost);
+    assert_eq!(
+        run_with(&i, cost, false).unwrap().0,
+        owned("home2", "local", "reroute")
+    );
+    // Embeddings are never rerouted: another model's vectors do not compare.
+    let mut e = prompt_ctx("embed", Scope::default(), IBAN);
+    e.endpoint = Endpoint::Embeddings;
+    assert!(run_with(&i, e, false).is_ok());
+}
+
+#[test]
+fn block_refuses_with_pii_detected_and_journals_the_violation() {
+    let i = inputs("guardrail:\n  default: {iban: block}\n");
+    let mut stages = build(&PolicyConfig::default(), catalog(), &i).unwrap();
+    stages.truncate(1);
+    let out = evaluate(
+        &stages,
+        &request(),
+        &mut prompt_ctx("home", Scope::default(), IBAN),
+    )
+    .unwrap();
+    let (stage, refusal) = out.refusal.unwrap();
+    assert_eq!(
+        (stage.as_str(), refusal.code),
+        ("guardrail", RefusalCode::PiiDetected)
+    );
+    let kinds: Vec<&str> = out.events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["guardrail.evaluated", "guardrail.violation"]);
+    let v: isnad_schemas::GuardrailViolation = out.events[1].payload_as().unwrap();
+    assert_eq!(v.entities, ["iban"]);
+    // Types and counts only: the value is nowhere in the events.
+    for e in &out.events {
+        let text = String::from_utf8_lossy(&e.payload).to_string();
+        assert!(!text.contains("8000") && !text.contains("SA03"), "{text}");
+    }
+}
+
+#[test]
+fn redact_replaces_values_with_placeholders_the_vault_restores() {
+    let i = inputs("guardrail:\n  default: {email: redact, iban: redact}\n");
+    let text = "write to sara@example.com and ali@example.org, again sara@example.com";
+    let (got, c) = run_with(&i, prompt_ctx("abroad", Scope::default(), text), false).unwrap();
+    assert_eq!(got, owned("abroad", "external", "requested"));
+    assert_eq!(
+        &*c.prompt,
+        ["write to [EMAIL_1] and [EMAIL_2], again [EMAIL_1]".to_owned()]
+    );
+    assert_eq!(
+        c.vault.restore("Sent to [EMAIL_2]."),
+        "Sent to ali@example.org."
+    );
+}
+
+#[test]
+fn team_actions_override_the_node_default() {
+    let i = inputs("guardrail:\n  teams:\n    finance: {iban: allow}\n");
+    let mut c = prompt_ctx("abroad", Scope::default(), IBAN);
+    c.team = Some("finance".into());
+    assert_eq!(
+        run_with(&i, c, false).unwrap().0,
+        owned("abroad", "external", "requested")
+    );
+    let mut c = prompt_ctx("abroad", Scope::default(), IBAN);
+    c.team = Some("ops".into());
+    assert!(run_with(&i, c, false).is_err());
+}
+
+const SEED: &str = r#"routes:
+  - name: "arabic-native"
+    condition: "language == 'ar'"
+    model: "home"
+  - name: "fast-path"
+    condition: "prompt_tokens < 100"
+    model: "home2"
+"#;
+
+#[test]
+fn the_seed_policy_routes_by_language_then_size() {
+    let i = inputs(SEED);
+    let route = |prompt: &str| {
+        run_with(&i, prompt_ctx(AUTO_ROUTER, Scope::default(), prompt), false)
+            .unwrap()
+            .0
+    };
+    assert_eq!(
+        route("مرحبا، كيف حالك اليوم؟"),
+        owned("home", "local", "arabic-native")
+    );
+    assert_eq!(route("hello there"), owned("home2", "local", "fast-path"));
+    assert_eq!(
+        route(&"long english text ".repeat(40)),
+        owned("abroad", "external", "default")
+    );
+    // A request naming its model is not rerouted by routes that do not read `model`.
+    let got = run_with(&i, prompt_ctx("abroad", Scope::default(), "مرحبا"), false)
+        .unwrap()
+        .0;
+    assert_eq!(got, owned("abroad", "external", "requested"));
+}
+
+#[test]
+fn routes_pass_over_models_the_request_may_not_use_and_carry_their_options() {
+    let src = r#"routes:
+  - {name: out, condition: "true", model: abroad, fallbacks: [home]}
+  - {name: in, condition: "'iban' in pii", model: home2, fallbacks: [home], output_scan: true}
+  - {name: named, condition: "model == 'plain' && team == 'ops'", model: home}
+"#;
+    let i = inputs(src);
+    let (got, c) = run_with(
+        &i,
+        prompt_ctx(AUTO_ROUTER, Scope::default(), "hello"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(got, owned("abroad", "external", "out"));
+    assert_eq!(c.route.fallbacks, ["home"]);
+    assert!(!c.route.output_scan);
+    let (got, c) = run_with(&i, prompt_ctx(AUTO_ROUTER, Scope::default(), IBAN), false).unwrap();
+    assert_eq!(got, owned("home2", "local", "in"));
+    assert!(c.route.output_scan);
+    let got = run_with(
+        &i,
+        prompt_ctx(AUTO_ROUTER, only(&["home", "home2"]), "hello"),
+        false,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(got, owned("home", "local", "default"));
+    let mut c = prompt_ctx("plain", Scope::default(), "hello");
+    c.team = Some("ops".into());
+    assert_eq!(
+        run_with(&i, c, false).unwrap().0,
+        owned("home", "local", "named")
+    );
+}
+
+#[test]
+fn a_condition_failing_at_run_time_fails_closed() {
+    let src = "routes:\n  - {name: first-pii, condition: \"pii[0] == 'email'\", model: abroad}\n";
+    let i = inputs(src);
+    // No PII: `pii[0]` fails; the request is kept inside the boundary.
+    let (got, c) = run_with(
+        &i,
+        prompt_ctx(AUTO_ROUTER, Scope::default(), "hello"),
+        false,
+    )
+    .unwrap();
+    assert_eq!(got, owned("home", "local", LOCAL_ONLY));
+    assert!(c.local_only);
+}
+
+#[test]
+fn profiles_choose_by_price_and_by_measured_latency() {
+    let i = inputs("");
+    let pick = |profile| {
+        let mut c = ctx(AUTO_ROUTER, local_only());
+        c.profile = Some(profile);
+        run_with(&i, c, false).unwrap().0 .0
+    };
+    assert_eq!(pick(Profile::Cost), "home2");
+    // Nothing measured yet: every model ties on latency, configuration order decides.
+    assert_eq!(pick(Profile::Performance), "home");
+    i.latencies.set(|id| match id {
+        "home" => Some(900.0),
+        "home2" => Some(100.0),
+        "plain" => Some(50.0),
+        _ => None,
+    });
+    assert_eq!(pick(Profile::Performance), "plain");
+    // Balanced: home2 is cheapest and nearly fastest.
+    assert_eq!(pick(Profile::Balanced), "home2");
+    let mut c = ctx(AUTO_ROUTER, Scope::default());
+    c.profile = Some(Profile::Cost);
+    assert_eq!(
+        run_with(&i, c, false).unwrap().0,
+        owned("home2", "local", "profile:cost")
+    );
+}
+
+#[test]
+fn the_prompt_token_estimate_is_bytes_over_four_plus_framing() {
+    assert_eq!(estimate_prompt_tokens(&[]), 0);
+    assert_eq!(
+        estimate_prompt_tokens(&["abcd".into(), "abcde".into()]),
+        1 + 8 + 2 + 8
+    );
+    // Arabic letters are two bytes: about one token per two letters.
+    assert_eq!(estimate_prompt_tokens(&["مرحبا".into()]), 3 + 8);
 }

@@ -757,16 +757,13 @@ fn stream_response(
                 return None;
             }
             let (frame, last) = match rx.recv().await {
-                Some(Item::Chunk(mut chunk)) => match restore
-                    .chunk(&mut chunk)
-                    .and_then(|()| serde_json::to_string(&chunk).ok())
-                {
-                    Some(data) => (format!("data: {data}\n\n"), false),
-                    None => (
-                        internal("a stream chunk could not be encoded").sse_frame(),
-                        true,
-                    ),
-                },
+                Some(Item::Chunk(mut chunk)) => {
+                    restore.chunk(&mut chunk);
+                    match serde_json::to_string(&chunk) {
+                        Ok(data) => (format!("data: {data}\n\n"), false),
+                        Err(e) => (internal(e).sse_frame(), true),
+                    }
+                }
                 Some(Item::Failed(e)) => {
                     // Mid-stream failure: an SSE error object, never a silent close. Wait for the
                     // outcome event to be durable first.
@@ -807,21 +804,27 @@ fn stream_response(
 /// Restores placeholders in a stream's content deltas, holding back a placeholder split
 /// across chunks until it is whole (one restorer per choice).
 struct StreamRestore {
-    vault: Arc<policy::Vault>,
+    vault: policy::Vault,
     held: std::collections::BTreeMap<u32, String>,
+    /// The stream's id, creation time and model, for the chunk that flushes what is held.
+    header: (String, u64, String),
 }
 
 impl StreamRestore {
     fn new(vault: policy::Vault) -> Self {
         Self {
-            vault: Arc::new(vault),
+            vault,
             held: Default::default(),
+            header: Default::default(),
         }
     }
 
-    fn chunk(&mut self, chunk: &mut isnad_schemas::openai::ChatCompletionChunk) -> Option<()> {
+    fn chunk(&mut self, chunk: &mut isnad_schemas::openai::ChatCompletionChunk) {
         if self.vault.is_empty() {
-            return Some(());
+            return;
+        }
+        if self.header.0.is_empty() {
+            self.header = (chunk.id.clone(), chunk.created, chunk.model.clone());
         }
         for choice in &mut chunk.choices {
             if let Some(text) = choice.delta.content.as_mut() {
@@ -832,18 +835,19 @@ impl StreamRestore {
                 *held = rest;
             }
         }
-        Some(())
     }
 
-    /// What is still held at the end of the stream, as a last content chunk (empty if none).
+    /// What is still held at the end of the stream, as last content chunks (empty if none).
     fn finish(&mut self) -> String {
-        let rest: Vec<(u32, String)> = std::mem::take(&mut self.held)
+        let (id, created, model) = &self.header;
+        std::mem::take(&mut self.held)
             .into_iter()
             .filter(|(_, t)| !t.is_empty())
-            .collect();
-        rest.into_iter()
             .map(|(index, text)| {
-                let chunk = json!({"object": "chat.completion.chunk", "choices": [{"index": index, "delta": {"content": self.vault.restore(&text)}, "finish_reason": null}]});
+                let chunk = json!({
+                    "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": index, "delta": {"content": self.vault.restore(&text)}, "finish_reason": null}],
+                });
                 format!("data: {chunk}\n\n")
             })
             .collect()

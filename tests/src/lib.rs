@@ -60,6 +60,17 @@ impl MockUpstream {
             .to_owned();
         Self { child, base }
     }
+
+    /// The body of the last request the mock received (`GET /mock/last-request`).
+    pub fn last_request(&self) -> serde_json::Value {
+        curl(
+            "GET",
+            &format!("{}/mock/last-request", self.base),
+            None,
+            None,
+        )
+        .json()
+    }
 }
 
 impl Drop for MockUpstream {
@@ -162,6 +173,25 @@ pub fn isnad(args: &[&str]) -> Output {
         .env_remove("ISNAD_CONFIG")
         .output()
         .expect("run isnad")
+}
+
+/// The last 50 journal entries of `kind` in `data_dir`, as `isnad journal tail --json` shows them.
+pub fn journaled(data_dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let out = isnad(&[
+        "journal",
+        "tail",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--kind",
+        kind,
+        "--json",
+        "-n",
+        "50",
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A running `isnad serve`.

@@ -7,7 +7,7 @@
 
 use std::{path::Path, process::Command};
 
-use isnad_tests::{curl, isnad, MockUpstream, Server};
+use isnad_tests::{curl, journaled, MockUpstream, Server};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "request-path-token";
@@ -30,34 +30,6 @@ fn start(dir: &Path, mock: &MockUpstream) -> Server {
     )
 }
 
-/// The last 50 journal entries of `kind` under `dir/data`, as `journal tail --json` shows them.
-fn journaled(dir: &Path, kind: &str) -> Vec<Value> {
-    let d = dir.join("data");
-    let args = [
-        "journal",
-        "tail",
-        "--data-dir",
-        d.to_str().unwrap(),
-        "--kind",
-        kind,
-    ];
-    let out = isnad(&[&args[..], &["--json", "-n", "50"]].concat());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn last_upstream_body(mock: &MockUpstream) -> Value {
-    curl(
-        "GET",
-        &format!("{}/mock/last-request", mock.base),
-        None,
-        None,
-    )
-    .json()
-}
-
 #[test]
 fn unknown_fields_pass_through_and_isnad_fields_do_not() {
     let mock = MockUpstream::start(&[]);
@@ -74,7 +46,7 @@ fn unknown_fields_pass_through_and_isnad_fields_do_not() {
     });
     let r = curl("POST", &url, Some(TOKEN), Some(&body.to_string()));
     assert_eq!(r.status, 200, "{}", r.body);
-    let got = last_upstream_body(&mock);
+    let got = mock.last_request();
     assert_eq!(got["model"], "mock-small");
     assert_eq!(
         got["a_field_from_next_year"],
@@ -112,7 +84,7 @@ fn unknown_fields_pass_through_and_isnad_fields_do_not() {
             .filter(|d| *d != "[DONE]")
             .map(|d| serde_json::from_str(d).unwrap())
             .collect();
-        let upstream = last_upstream_body(&mock);
+        let upstream = mock.last_request();
         assert_eq!(
             upstream["stream_options"]["include_usage"], true,
             "{upstream}"
@@ -150,7 +122,9 @@ fn unknown_fields_pass_through_and_isnad_fields_do_not() {
     assert!(server.stop());
 
     // The journal records the stream's token counts, which came from that usage chunk.
-    let last = journaled(dir.path(), "completion.finished").pop().unwrap();
+    let last = journaled(&dir.path().join("data"), "completion.finished")
+        .pop()
+        .unwrap();
     assert!(
         last["payload"]["prompt_tokens"].as_u64().unwrap() > 0,
         "{last}"
@@ -212,7 +186,7 @@ fn a_flood_of_bad_keys_leaves_the_journal_bounded_and_good_keys_served() {
     // (their summary comes every 10 s, one entry per source and code).
     assert!(grown < 20 * 6 + 4, "the journal grew by {grown} entries");
     assert!(server.stop());
-    let rows = journaled(dir.path(), "requests.refused");
+    let rows = journaled(&dir.path().join("data"), "requests.refused");
     let counted: u64 = rows
         .iter()
         .map(|r| r["payload"]["count"].as_u64().unwrap())

@@ -8,7 +8,7 @@
 
 use std::{path::Path, process::Command};
 
-use isnad_tests::{curl, isnad, MockUpstream, Response, Server};
+use isnad_tests::{curl, isnad, journaled, MockUpstream, Response, Server};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "residency-token";
@@ -47,35 +47,6 @@ fn chat(server: &Server, model: &str, content: &str) -> Response {
     )
 }
 
-fn upstream(mock: &MockUpstream) -> Value {
-    curl(
-        "GET",
-        &format!("{}/mock/last-request", mock.base),
-        None,
-        None,
-    )
-    .json()
-}
-
-fn journaled(dir: &Path, kind: &str) -> Vec<Value> {
-    let d = dir.join("data");
-    let out = isnad(&[
-        "journal",
-        "tail",
-        "--data-dir",
-        d.to_str().unwrap(),
-        "--kind",
-        kind,
-        "--json",
-        "-n",
-        "50",
-    ]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn error_code(r: &Response) -> String {
     r.json()["error"]["code"]
         .as_str()
@@ -95,13 +66,13 @@ fn an_iban_never_reaches_an_external_model_by_default() {
     // auto-router sends the same request to a local model.
     let r = chat(&server, "auto-router", &format!("حوّل إلى الآيبان {IBAN}"));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(upstream(&mock)["model"], "mock-home");
+    assert_eq!(mock.last_request()["model"], "mock-home");
     // Without sensitive data the external model is served.
     let r = chat(&server, "abroad", "hello");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(upstream(&mock)["model"], "mock-abroad");
+    assert_eq!(mock.last_request()["model"], "mock-abroad");
     server.stop();
-    let verdicts = journaled(dir.path(), "guardrail.evaluated");
+    let verdicts = journaled(&dir.path().join("data"), "guardrail.evaluated");
     assert!(
         verdicts.iter().any(|v| {
             let p = &v["payload"];
@@ -133,7 +104,7 @@ fn a_client_can_force_local_models_with_a_header() {
     };
     assert_eq!(post("abroad", "local-only"), "451");
     assert_eq!(post("auto-router", "local-only"), "200");
-    assert_eq!(upstream(&mock)["model"], "mock-home");
+    assert_eq!(mock.last_request()["model"], "mock-home");
     assert_eq!(post("abroad", "anywhere"), "400");
     server.stop();
 }
@@ -145,9 +116,9 @@ fn reroute_mode_serves_a_sensitive_request_from_a_local_model() {
     let server = start(dir.path(), &mock, "residency: reroute\n");
     let r = chat(&server, "abroad", &format!("IBAN {IBAN}"));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(upstream(&mock)["model"], "mock-home");
+    assert_eq!(mock.last_request()["model"], "mock-home");
     server.stop();
-    let routes = journaled(dir.path(), "route.selected");
+    let routes = journaled(&dir.path().join("data"), "route.selected");
     let last = &routes.last().unwrap()["payload"];
     assert_eq!(
         (
@@ -180,7 +151,7 @@ fn a_blocked_type_is_refused_with_pii_detected() {
         .unwrap()
         .contains("credential"));
     server.stop();
-    let v = journaled(dir.path(), "guardrail.violation");
+    let v = journaled(&dir.path().join("data"), "guardrail.violation");
     assert_eq!(v.len(), 1, "{v:?}");
     assert_eq!(v[0]["payload"]["entities"], json!(["credential"]));
     assert_eq!(v[0]["payload"]["action_taken"], "request_blocked");
@@ -198,7 +169,7 @@ fn redacted_values_never_reach_the_model_and_come_back_in_the_answer() {
     let text = "راسل sara@example.com ثم omar@example.org";
     let r = chat(&server, "abroad", text);
     assert_eq!(r.status, 200, "{}", r.body);
-    let sent = upstream(&mock);
+    let sent = mock.last_request();
     let content = sent["messages"][0]["content"].as_str().unwrap();
     assert_eq!(content, "راسل [EMAIL_1] ثم [EMAIL_2]", "{sent}");
     // The mock echoes what it got; the client reads its own values back.
@@ -264,13 +235,13 @@ default: abroad
     for (text, want) in cases {
         let r = chat(&server, "auto-router", text);
         assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(upstream(&mock)["model"], want, "{text}");
+        assert_eq!(mock.last_request()["model"], want, "{text}");
     }
     let long = "a long english request ".repeat(40);
     assert_eq!(chat(&server, "auto-router", &long).status, 200);
-    assert_eq!(upstream(&mock)["model"], "mock-abroad");
+    assert_eq!(mock.last_request()["model"], "mock-abroad");
     server.stop();
-    let policies: Vec<String> = journaled(dir.path(), "route.selected")
+    let policies: Vec<String> = journaled(&dir.path().join("data"), "route.selected")
         .iter()
         .map(|e| e["payload"]["policy"].as_str().unwrap().to_owned())
         .collect();

@@ -96,6 +96,16 @@ fn run(c: RequestContext, reroute: bool) -> Result<(String, String, String), Ref
 }
 
 /// Runs the default stages under `inputs`; gives the route and the context after the stages.
+/// Runs an `auto-router` request with `prompt` and no key restrictions; it must not be refused.
+fn auto(inputs: &StageInputs, prompt: &str) -> ((String, String, String), RequestContext) {
+    run_with(
+        inputs,
+        prompt_ctx(AUTO_ROUTER, Scope::default(), prompt),
+        false,
+    )
+    .unwrap()
+}
+
 fn run_with(
     inputs: &StageInputs,
     mut c: RequestContext,
@@ -255,7 +265,7 @@ fn an_iban_keeps_a_request_inside_by_default() {
     let i = inputs("");
     let r = run_with(&i, prompt_ctx("abroad", Scope::default(), IBAN), false).unwrap_err();
     assert_eq!(r.code, RefusalCode::SovereigntyViolation);
-    let (got, c) = run_with(&i, prompt_ctx(AUTO_ROUTER, Scope::default(), IBAN), false).unwrap();
+    let (got, c) = auto(&i, IBAN);
     assert_eq!(got, owned("home", "local", LOCAL_ONLY));
     let a = c.analysis.unwrap();
     assert_eq!(a.language, isnad_guard::Language::Ar);
@@ -357,11 +367,7 @@ const SEED: &str = r#"routes:
 #[test]
 fn the_seed_policy_routes_by_language_then_size() {
     let i = inputs(SEED);
-    let route = |prompt: &str| {
-        run_with(&i, prompt_ctx(AUTO_ROUTER, Scope::default(), prompt), false)
-            .unwrap()
-            .0
-    };
+    let route = |prompt: &str| auto(&i, prompt).0;
     assert_eq!(
         route("مرحبا، كيف حالك اليوم؟"),
         owned("home", "local", "arabic-native")
@@ -386,16 +392,11 @@ fn routes_pass_over_models_the_request_may_not_use_and_carry_their_options() {
   - {name: named, condition: "model == 'plain' && team == 'ops'", model: home}
 "#;
     let i = inputs(src);
-    let (got, c) = run_with(
-        &i,
-        prompt_ctx(AUTO_ROUTER, Scope::default(), "hello"),
-        false,
-    )
-    .unwrap();
+    let (got, c) = auto(&i, "hello");
     assert_eq!(got, owned("abroad", "external", "out"));
     assert_eq!(c.route.fallbacks, ["home"]);
     assert!(!c.route.output_scan);
-    let (got, c) = run_with(&i, prompt_ctx(AUTO_ROUTER, Scope::default(), IBAN), false).unwrap();
+    let (got, c) = auto(&i, IBAN);
     assert_eq!(got, owned("home2", "local", "in"));
     assert!(c.route.output_scan);
     let got = run_with(
@@ -419,12 +420,7 @@ fn a_condition_failing_at_run_time_fails_closed() {
     let src = "routes:\n  - {name: first-pii, condition: \"pii[0] == 'email'\", model: abroad}\n";
     let i = inputs(src);
     // No PII: `pii[0]` fails; the request is kept inside the boundary.
-    let (got, c) = run_with(
-        &i,
-        prompt_ctx(AUTO_ROUTER, Scope::default(), "hello"),
-        false,
-    )
-    .unwrap();
+    let (got, c) = auto(&i, "hello");
     assert_eq!(got, owned("home", "local", LOCAL_ONLY));
     assert!(c.local_only);
 }
